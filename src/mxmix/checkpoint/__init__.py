@@ -1,0 +1,1 @@
+"""Checkpoints on disk: safe header reading, layout, dialects, conversion, inspection."""

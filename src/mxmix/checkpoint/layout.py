@@ -1,0 +1,156 @@
+"""A checkpoint directory as mxmix sees it: config, shards, and where every tensor lives.
+
+Opening reads JSON files and safetensors headers only. Every file name that comes from the
+checkpoint (index entries) is confined to the directory; pickle weights are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mxmix.checkpoint.safetensors_header import SafetensorsHeader, TensorInfo, read_header, read_tensor
+from mxmix.errors import CheckpointError
+
+INDEX_NAME = "model.safetensors.index.json"
+MAX_JSON_BYTES = 64 * 1024 * 1024
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.pth")
+
+
+@dataclass(frozen=True)
+class TensorLocation:
+    name: str
+    header: SafetensorsHeader
+    info: TensorInfo
+
+    @property
+    def shard(self) -> Path:
+        return self.header.path
+
+
+def read_json_file(path: Path, what: str | None = None) -> Any:
+    """Strict, size-bounded JSON read with a one-line error."""
+    what = what or str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{what}: {size} bytes is too large for a JSON file")
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what}: file not found") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{what}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what}: cannot read ({exc.strerror or exc})") from None
+
+
+def confined(root: Path, relative: str, what: str) -> Path:
+    """``root / relative``, refusing absolute names, '..' and symlinks that lead out of ``root``."""
+    if not isinstance(relative, str) or not relative or relative.startswith(("/", "\\")) or "\x00" in relative:
+        raise CheckpointError(f"{what}: file name {relative!r} is not a plain relative name")
+    if ".." in Path(relative).parts or Path(relative).is_absolute():
+        raise CheckpointError(f"{what}: file name {relative!r} points outside the checkpoint directory")
+    path = root / relative
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise CheckpointError(f"{what}: file {relative!r} resolves outside the checkpoint directory")
+    return path
+
+
+class Checkpoint:
+    """Headers-only view of a HF-style checkpoint directory (or a single .safetensors file)."""
+
+    def __init__(self, root: Path, config: dict[str, Any] | None, headers: list[SafetensorsHeader],
+                 tensors: dict[str, TensorLocation], index: dict[str, Any] | None) -> None:
+        self.root = root
+        self.config = config
+        self.headers = headers
+        self.tensors = tensors
+        self.index = index
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, require_config: bool = False) -> Checkpoint:
+        root = Path(path)
+        if not root.exists():
+            raise CheckpointError(f"{root}: no such file or directory")
+        if root.is_file():
+            if root.suffix != ".safetensors":
+                raise CheckpointError(f"{root}: not a checkpoint directory or .safetensors file")
+            header = read_header(root)
+            return cls(root.parent, None, [header], _locations([header]), None)
+        config = None
+        cfg_path = root / "config.json"
+        if cfg_path.exists():
+            config = read_json_file(cfg_path, f"{root}/config.json")
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{root}/config.json: not a JSON object")
+        elif require_config:
+            raise CheckpointError(f"{root}: no config.json")
+        index = None
+        index_path = root / INDEX_NAME
+        if index_path.exists():
+            index = read_json_file(index_path, f"{root}/{INDEX_NAME}")
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+                raise CheckpointError(f"{root}/{INDEX_NAME}: 'weight_map' must map tensor names to file names")
+            files: list[str] = []
+            for fname in weight_map.values():
+                if fname not in files:
+                    files.append(fname)
+            paths = [confined(root, f, f"{root}/{INDEX_NAME}") for f in files]
+            for p, f in zip(paths, files):
+                if not p.is_file():
+                    raise CheckpointError(f"{root}/{INDEX_NAME}: names shard {f!r}, which does not exist")
+            headers = [read_header(p) for p in paths]
+            tensors = _locations(headers)
+            for name, fname in weight_map.items():
+                loc = tensors.get(name)
+                if loc is None or loc.shard.name != Path(fname).name:
+                    raise CheckpointError(
+                        f"{root}/{INDEX_NAME}: tensor {name!r} is not in shard {fname!r} as the index says")
+        else:
+            paths = sorted(p for p in root.glob("*.safetensors") if p.is_file())
+            if not paths:
+                pickles = [n for n in PICKLE_NAMES if (root / n).exists()]
+                hint = f" (found {pickles[0]}: mxmix never unpickles; convert it to safetensors first)" if pickles else ""
+                raise CheckpointError(f"{root}: no .safetensors weights{hint}")
+            for p in paths:
+                confined(root, p.name, str(root))
+            headers = [read_header(p) for p in paths]
+            tensors = _locations(headers)
+        return cls(root, config, headers, tensors, index)
+
+    @property
+    def quantization_config(self) -> dict[str, Any]:
+        qc = (self.config or {}).get("quantization_config") or {}
+        return qc if isinstance(qc, dict) else {}
+
+    def read_json(self, name: str) -> Any | None:
+        """An optional JSON side file (e.g. ModelOpt's hf_quant_config.json), confined to the directory."""
+        path = confined(self.root, name, str(self.root))
+        return read_json_file(path, f"{self.root}/{name}") if path.exists() else None
+
+    def read_tensor(self, name: str) -> Any:
+        loc = self.tensors[name]
+        return read_tensor(loc.header, name)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(loc.info.nbytes for loc in self.tensors.values())
+
+
+def _locations(headers: list[SafetensorsHeader]) -> dict[str, TensorLocation]:
+    out: dict[str, TensorLocation] = {}
+    for h in headers:
+        for name, info in h.tensors.items():
+            if name in out:
+                raise CheckpointError(
+                    f"tensor {name!r} appears in both {out[name].shard.name} and {h.path.name}")
+            out[name] = TensorLocation(name, h, info)
+    return out

