@@ -39,3 +39,67 @@ def recognise_dialect(quantization_config: dict[str, Any] | None) -> str:
     if method == "compressed-tensors":
         return "compressed-tensors"
     return f"other:{method}"
+
+
+# ---- writing: tensor names and config per dialect -------------------------------------------------
+
+BLOCK_SIZE = 32
+
+
+def scale_tensor_name(weight_name: str, dialect: Dialect) -> str:
+    """Where a quantized weight's scales go: ``<m>.weight`` → ``<m>.<scale_suffix>``; a stacked expert
+    tensor ``<m>.experts.down_proj`` → ``<m>.experts.down_proj_scale_inv`` (transformers' FP8Experts names)."""
+    if weight_name.endswith(".weight"):
+        return weight_name[: -len("weight")] + dialect.scale_suffix
+    return f"{weight_name}_{dialect.scale_suffix.removeprefix('weight_')}"
+
+
+def quantization_config_for(dialect: Dialect, skip_list: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``quantization_config`` for config.json and any side files ({file name: JSON}) of ``dialect``.
+
+    The same skip list goes under every key the dialect's consumers read (engine-semantics.md §8.5–6).
+    """
+    skip = list(skip_list)
+    if dialect.name == "sglang":
+        return {
+            "quant_method": "mxfp8",
+            "fmt": "e4m3",
+            "weight_block_size": [1, BLOCK_SIZE],
+            "scale_fmt": "ue8m0",
+            "activation_scheme": "dynamic",
+            "ignored_layers": skip,
+            "modules_to_not_convert": list(skip),
+        }, {}
+    if dialect.name == "modelopt":
+        from mxmix import __version__
+
+        producer = {"name": "mxmix", "version": __version__}
+        hf_quant_config = {
+            "producer": producer,
+            "quantization": {"quant_algo": "MXFP8", "kv_cache_quant_algo": None, "exclude_modules": skip},
+        }
+        config = {
+            "quant_method": "modelopt",
+            "quant_algo": "MXFP8",
+            "kv_cache_quant_algo": None,
+            "producer": producer,
+            "ignore": list(skip),
+        }
+        return config, {"hf_quant_config.json": hf_quant_config}
+    if dialect.name == "compressed-tensors":
+        weights = {
+            "num_bits": 8, "type": "float", "symmetric": True, "group_size": BLOCK_SIZE, "strategy": "group",
+            "block_structure": None, "dynamic": False, "actorder": None, "scale_dtype": "torch.uint8",
+            "zp_dtype": None, "observer": "memoryless_minmax", "observer_kwargs": {},
+        }
+        return {
+            "quant_method": "compressed-tensors",
+            "format": "mxfp8-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
+                                          "output_activations": None, "format": "mxfp8-quantized"}},
+            "ignore": skip,
+            "kv_cache_scheme": None,
+            "global_compression_ratio": None,
+        }, {}
+    raise ValueError(f"unknown dialect {dialect.name!r}")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mxmix.checkpoint.safetensors_header import SafetensorsHeader, TensorInfo, read_header, read_tensor
 from mxmix.errors import CheckpointError
@@ -20,8 +20,9 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.pth")
 
 
-@dataclass(frozen=True)
-class TensorLocation:
+class TensorLocation(NamedTuple):
+    """Where one tensor lives (a named tuple: 10^5 of these are built per large checkpoint)."""
+
     name: str
     header: SafetensorsHeader
     info: TensorInfo
@@ -35,17 +36,28 @@ def read_json_file(path: Path, what: str | None = None) -> Any:
     """Strict, size-bounded JSON read with a one-line error."""
     what = what or str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise CheckpointError(f"{what}: {size} bytes is too large for a JSON file")
-        text = path.read_text(encoding="utf-8")
-        return json.loads(text)
+        # O_NONBLOCK + S_ISREG: a FIFO or device planted as config.json must neither hang nor stream forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb", closefd=True) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{what}: not a regular file")
+            if st.st_size > MAX_JSON_BYTES:
+                raise CheckpointError(f"{what}: {st.st_size} bytes is too large for a JSON file")
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise CheckpointError(f"{what}: too large for a JSON file")
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except FileNotFoundError:
         raise CheckpointError(f"{what}: file not found") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{what}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise CheckpointError(f"{what}: cannot read ({exc.strerror or exc})") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in strict JSON")
 
 
 def confined(root: Path, relative: str, what: str) -> Path:
@@ -99,19 +111,21 @@ class Checkpoint:
             if not isinstance(weight_map, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
                 raise CheckpointError(f"{root}/{INDEX_NAME}: 'weight_map' must map tensor names to file names")
-            files: list[str] = []
-            for fname in weight_map.values():
-                if fname not in files:
-                    files.append(fname)
+            if not weight_map:
+                raise CheckpointError(f"{root}/{INDEX_NAME}: 'weight_map' lists no tensors")
+            files = list(dict.fromkeys(weight_map.values()))
             paths = [confined(root, f, f"{root}/{INDEX_NAME}") for f in files]
             for p, f in zip(paths, files):
-                if not p.is_file():
+                if not p.exists():
                     raise CheckpointError(f"{root}/{INDEX_NAME}: names shard {f!r}, which does not exist")
+                if not p.is_file():
+                    raise CheckpointError(f"{root}/{INDEX_NAME}: shard {f!r} is not a regular file")
             headers = [read_header(p) for p in paths]
             tensors = _locations(headers)
+            header_of = {f: h for f, h in zip(files, headers)}
             for name, fname in weight_map.items():
                 loc = tensors.get(name)
-                if loc is None or loc.shard.name != Path(fname).name:
+                if loc is None or loc.header is not header_of[fname]:
                     raise CheckpointError(
                         f"{root}/{INDEX_NAME}: tensor {name!r} is not in shard {fname!r} as the index says")
         else:
@@ -147,10 +161,17 @@ class Checkpoint:
 
 def _locations(headers: list[SafetensorsHeader]) -> dict[str, TensorLocation]:
     out: dict[str, TensorLocation] = {}
+    new = tuple.__new__
     for h in headers:
+        before = len(out)
         for name, info in h.tensors.items():
-            if name in out:
-                raise CheckpointError(
-                    f"tensor {name!r} appears in both {out[name].shard.name} and {h.path.name}")
-            out[name] = TensorLocation(name, h, info)
+            out[name] = new(TensorLocation, (name, h, info))
+        if len(out) != before + len(h.tensors):
+            name = next(n for n in h.tensors if out[n].header is not h or _first_owner(headers, n) is not h)
+            first = _first_owner(headers, name)
+            raise CheckpointError(f"tensor {name!r} appears in both {first.path.name} and {h.path.name}")
     return out
+
+
+def _first_owner(headers: list[SafetensorsHeader], name: str) -> SafetensorsHeader:
+    return next(h for h in headers if name in h.tensors)

@@ -1,0 +1,150 @@
+"""End-to-end batch-1 greedy decode: an 8B-shaped Llama in BF16 vs the same model with MXFP8 Linears.
+
+    PYTHONPATH=src python benchmarks/bench_e2e.py [--layers 32] [--new-tokens 128] [--json out.json]
+
+The model has Llama-3-8B shapes (hidden 4096, intermediate 14336, 32 layers, 32 heads / 8 KV heads,
+vocab 128256) and random weights; it is built directly on the GPU (no checkpoint is written). First the
+BF16 model is measured, then every nn.Linear (decoder projections and lm_head) is replaced in place by an
+`MXFP8Linear` quantized from its weight (RCEIL), the BF16 weights are freed, and the same measurements
+run again. Both go through the same decoders:
+
+* ``graph``: `mxmix.runtime.generate.greedy_generate` - static KV cache, one-token step in a CUDA graph;
+* ``hf-eager``: transformers ``model.generate(do_sample=False)`` with its default dynamic cache.
+
+Reported: decode tokens/s (steady state), the MXFP8/BF16 ratio per decoder, weights-resident GPU memory
+and peak GPU memory during generation. Target (issue 5): graph decode >= 1.5x BF16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+
+import torch
+
+GiB = 2**30
+
+
+def build_bf16(layers: int, vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers,
+                      num_attention_heads=32, num_key_value_heads=8, vocab_size=vocab,
+                      max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.eval()
+    model.generation_config.eos_token_id = None  # random weights: never stop early
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def to_mxfp8(model) -> int:
+    """Replace every nn.Linear by an MXFP8Linear quantized from its weight; returns how many."""
+    from mxmix.mx import quantize
+    from mxmix.runtime import MXFP8Linear
+    from mxmix.runtime.load import set_submodule
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    for name in names:
+        lin = model.get_submodule(name)
+        q, s = quantize(lin.weight.detach(), backend="torch")
+        bias = lin.bias.detach() if lin.bias is not None else None
+        set_submodule(model, name, MXFP8Linear.from_quantized(q, s, bias, dtype=torch.bfloat16))
+        del lin
+    gc.collect()
+    torch.cuda.empty_cache()
+    return len(names)
+
+
+def measure(model, prompt_len: int, new_tokens: int, label: str, hf_tokens: int) -> dict:
+    from mxmix.runtime.generate import greedy_generate
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    ids = torch.randint(3, model.config.vocab_size, (1, prompt_len), device="cuda", generator=g)
+    res: dict = {"label": label}
+    torch.cuda.synchronize()
+    res["weights_gib"] = torch.cuda.memory_allocated() / GiB
+    # warm-up (kernel compilation), then the measured run
+    greedy_generate(model, ids, 8, stop_at_eos=False)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    r = greedy_generate(model, ids, new_tokens, stop_at_eos=False)
+    res["graph"] = {"tok_s": r.decode_tokens_per_s, "mode": r.mode, "timed_tokens": r.timed_tokens,
+                    "prefill_ms": r.prefill_s * 1e3, "notes": r.notes,
+                    "peak_gib": torch.cuda.max_memory_allocated() / GiB}
+    res["tokens"] = r.tokens[:16]
+    print(f"[{label}] graph decode: {r.decode_tokens_per_s:.1f} tok/s ({r.mode}), prefill {r.prefill_s * 1e3:.0f} ms, "
+          f"peak {res['graph']['peak_gib']:.2f} GiB, weights {res['weights_gib']:.2f} GiB {r.notes}", flush=True)
+    if hf_tokens > 0:
+        model.generate(ids, max_new_tokens=4, do_sample=False)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, do_sample=False)
+        torch.cuda.synchronize()
+        t_first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=hf_tokens, do_sample=False, min_new_tokens=hf_tokens)
+        torch.cuda.synchronize()
+        total = time.perf_counter() - t0
+        n = out.shape[1] - ids.shape[1]
+        tok_s = (n - 1) / max(total - t_first, 1e-9)
+        res["hf_eager"] = {"tok_s": tok_s, "tokens": n, "peak_gib": torch.cuda.max_memory_allocated() / GiB}
+        print(f"[{label}] HF generate (eager, dynamic cache): {tok_s:.1f} tok/s, "
+              f"peak {res['hf_eager']['peak_gib']:.2f} GiB", flush=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--hf-tokens", type=int, default=32, help="tokens for the HF generate comparison (0: skip)")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_e2e: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import transformers
+
+    p = torch.cuda.get_device_properties(0)
+    info = {"device": f"{p.name} ({p.multi_processor_count} SMs)", "torch": torch.__version__,
+            "transformers": transformers.__version__, "layers": args.layers, "vocab": args.vocab,
+            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+    print(info, flush=True)
+    t0 = time.time()
+    model = build_bf16(args.layers, args.vocab)
+    print(f"built BF16 model in {time.time() - t0:.0f} s", flush=True)
+    bf16 = measure(model, args.prompt_len, args.new_tokens, "bf16", args.hf_tokens)
+    t0 = time.time()
+    n = to_mxfp8(model)
+    print(f"quantized {n} Linear modules to MXFP8 in {time.time() - t0:.0f} s", flush=True)
+    mx = measure(model, args.prompt_len, args.new_tokens, "mxfp8", args.hf_tokens)
+    summary = {"graph_speedup": mx["graph"]["tok_s"] / bf16["graph"]["tok_s"]}
+    if "hf_eager" in bf16:
+        summary["hf_eager_speedup"] = mx["hf_eager"]["tok_s"] / bf16["hf_eager"]["tok_s"]
+    summary["first_tokens_equal"] = sum(a == b for a, b in zip(bf16["tokens"], mx["tokens"]))
+    print(f"SUMMARY graph decode: bf16 {bf16['graph']['tok_s']:.1f} tok/s, mxfp8 {mx['graph']['tok_s']:.1f} tok/s "
+          f"-> x{summary['graph_speedup']:.2f} (target >= 1.5); weights {bf16['weights_gib']:.2f} -> "
+          f"{mx['weights_gib']:.2f} GiB; peak {bf16['graph']['peak_gib']:.2f} -> {mx['graph']['peak_gib']:.2f} GiB",
+          flush=True)
+    if "hf_eager_speedup" in summary:
+        print(f"SUMMARY HF eager generate: bf16 {bf16['hf_eager']['tok_s']:.1f}, mxfp8 {mx['hf_eager']['tok_s']:.1f} "
+              f"-> x{summary['hf_eager_speedup']:.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "bf16": bf16, "mxfp8": mx, "summary": summary}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

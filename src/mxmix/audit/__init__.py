@@ -1,0 +1,155 @@
+"""`mxmix audit`: does a checkpoint's config agree with its tensors, and will each engine load it as meant?
+
+Everything here reads safetensors headers and JSON only, except ``check_scales=True``, which
+streams the scale tensors (one at a time, never the weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mxmix.audit.findings import Finding, exit_code, format_findings, group_modules, sort_findings, summarise
+
+__all__ = [
+    "AuditResult",
+    "Finding",
+    "audit_checkpoint",
+    "exit_code",
+    "format_findings",
+    "group_modules",
+]
+
+
+@dataclass
+class AuditResult:
+    checkpoint: str
+    dialect: str
+    quant_method: str | None
+    engines: list[str]
+    findings: list[Finding]
+    verdicts: list[Any] = field(default_factory=list)        # EngineVerdict per engine
+    skip_lists: dict[str, list[str]] = field(default_factory=dict)
+    scales_checked: int | None = None
+    plan: Any = None                                         # mxmix.rules.plan.Plan (for the report)
+    views: list[Any] = field(default_factory=list)           # ModuleView per Linear
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint, "dialect": self.dialect, "quant_method": self.quant_method,
+            "engines": [v.to_dict() for v in self.verdicts], "summary": summarise(self.findings),
+            "exit_code": self.exit_code, "scales_checked": self.scales_checked,
+            "skip_lists": {k: len(v) for k, v in self.skip_lists.items()},
+            "findings": [f.to_dict() for f in sort_findings(self.findings)],
+        }
+
+    def format(self) -> str:
+        lines = [f"checkpoint: {self.checkpoint}",
+                 f"dialect:    {self.dialect}" + (f" (quant_method {self.quant_method!r})" if self.quant_method else ""),
+                 f"modules:    {len(self.views)} Linear"]
+        if self.scales_checked is not None:
+            lines.append(f"scales:     {self.scales_checked} scale tensors read")
+        if self.verdicts:
+            lines.append("engine readings:")
+            for v in self.verdicts:
+                if v.clean:
+                    state = "clean"
+                else:
+                    parts = [f"{n} {what}" for n, what in ((v.keeps_fp8, "kept BF16 but stored FP8"),
+                                                            (v.quantizes_bf16, "quantized but stored BF16"),
+                                                            (v.raises, "raise")) if n]
+                    state = "MISREADS: " + ", ".join(parts)
+                loads = "" if v.consumes else "  (does not load this dialect)"
+                lines.append(f"  {v.engine:26} {state}{loads}")
+        lines.append("")
+        lines.append(format_findings(self.findings))
+        return "\n".join(lines)
+
+
+def audit_checkpoint(path_or_ckpt: Any, *, engines: Sequence[str] | None = None, check_scales: bool = False,
+                     lint_rules: bool = True,
+                     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> AuditResult:
+    """Run every check on a checkpoint directory (or an opened ``Checkpoint``).
+
+    ``engines``: readings to judge (default: all of ``mxmix.rules.ENGINES``; "canonical" always runs
+    for the config-vs-tensors check).
+    """
+    from mxmix.audit.config_vs_tensors import check_config_vs_tensors
+    from mxmix.audit.engines import check_engines
+    from mxmix.audit.structure import check_structure
+    from mxmix.checkpoint.inspect import checkpoint_dialect, hf_quant_config, module_views
+    from mxmix.checkpoint.layout import Checkpoint
+    from mxmix.rules import ENGINES, get_engine
+    from mxmix.rules.plan import plan_checkpoint
+
+    ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else Checkpoint.open(path_or_ckpt)
+    judged = list(dict.fromkeys(engines)) if engines else [e for e in ENGINES if e != "canonical"]
+    for e in judged:
+        get_engine(e)
+    plan = plan_checkpoint(ckpt, ["canonical", *[e for e in judged if e != "canonical"]])
+    mods = [r.module for r in plan.rows]
+    views = module_views(ckpt, mods)
+    dialect = checkpoint_dialect(ckpt)
+    declared = bool(plan.quant_method)
+    canonical = {r.module.path: r.decisions["canonical"] for r in plan.rows} if declared else None
+    findings = check_config_vs_tensors(ckpt, views, canonical, dialect)
+    engine_findings, verdicts = check_engines(plan, [e for e in judged if e != "canonical"])
+    findings += engine_findings
+    findings += check_structure(views)
+    if lint_rules and declared:
+        findings += _lint_findings(ckpt, [v.path for v in views], judged, hf_quant_config(ckpt))
+    scales_checked = None
+    if check_scales:
+        from mxmix.audit.scales import check_scales as run_scale_checks
+
+        items = [(v.path if not v.stacked else v.weight, _scale_reader(ckpt, v.scale))
+                 for v in views if v.precision == "mxfp8" and v.scale]
+        run_dtype = str((ckpt.config or {}).get("torch_dtype") or (ckpt.config or {}).get("dtype") or "bfloat16")
+        scale_findings, stats = run_scale_checks(items, run_dtype=run_dtype, progress=progress)
+        findings += scale_findings
+        scales_checked = len(stats)
+    return AuditResult(str(ckpt.root), dialect, plan.quant_method, judged, sort_findings(findings), verdicts,
+                       dict(plan.skip_lists), scales_checked, plan, views)
+
+
+def _scale_reader(ckpt: Any, name: str) -> Callable[[], Any]:
+    def read() -> Any:
+        return ckpt.read_tensor(name).contiguous().view(-1).numpy().reshape(ckpt.tensors[name].info.shape)
+    return read
+
+
+def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], hf: dict[str, Any] | None) -> list[Finding]:
+    """Check 3: lint each distinct skip list the config holds (`mxmix rules lint`)."""
+    from mxmix.checkpoint.inspect import skip_key_values
+    from mxmix.rules import lint
+
+    lists: dict[tuple[str, ...], list[str]] = {}
+    for key, value in skip_key_values(ckpt).items():
+        if isinstance(value, list) and all(isinstance(r, str) for r in value):
+            lists.setdefault(tuple(value), []).append(key)
+    out: list[Finding] = []
+    for rules, keys in lists.items():
+        if not rules:
+            continue
+        for lf in lint(list(rules), modules=modules, engines=engines):
+            # Lint is advice about the list; what it breaks on this checkpoint is reported (as errors)
+            # by the engine check, so a lint "error" alone does not fail the audit.
+            severity = "info" if lf.severity == "info" else "warning"
+            out.append(Finding(
+                severity, "rules", lf.code, f"{lf.message} (rule {lf.rule!r} in {', '.join(keys)})",
+                _lint_consequence(lf.severity), (), details={"rule": lf.rule, "keys": keys,
+                                                             "lint_severity": lf.severity}))
+    return out
+
+
+def _lint_consequence(severity: str) -> str:
+    if severity == "error":
+        return "Engines read this rule differently (or not at all); the engine findings show where it bites."
+    if severity == "warning":
+        return "Harmless on this checkpoint's modules today, but fragile: a new engine or model can read it differently."
+    return "For information; no engine misreads it on this checkpoint."

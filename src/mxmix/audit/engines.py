@@ -1,0 +1,109 @@
+"""Check 2: each engine's reading of the checkpoint's own config against the stored tensors.
+
+Every reading (``mxmix.rules.ENGINES``) takes the skip list *it* reads (its key precedence,
+``skip_list_for``) and decides each module by its own matcher (``mxmix.rules.plan.plan_checkpoint``).
+Where it would keep a module that is stored FP8, quantize one stored BF16, or raise, that engine
+misloads the checkpoint.
+
+A reading only *loads* checkpoints of the dialects it consumes (``EngineInfo.dialects``): an
+SGLang-dialect (``quant_method: mxfp8``) checkpoint is never read by the compressed-tensors paths.
+Disagreements of readings that consume the checkpoint's dialect are errors; those of the others
+are reported as notes ("if this list were reused by ...") and never fail the audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mxmix.audit.findings import Finding
+from mxmix.rules.decision import ERROR, KEEP
+from mxmix.rules.engines import get_engine
+from mxmix.rules.plan import Plan
+
+
+@dataclass(frozen=True)
+class EngineVerdict:
+    """One reading's summary line: does it load this dialect, and how many modules does it misread."""
+
+    engine: str
+    version: str
+    consumes: bool
+    skip_list_len: int
+    keeps_fp8: int
+    quantizes_bf16: int
+    raises: int
+
+    @property
+    def clean(self) -> bool:
+        return not (self.keeps_fp8 or self.quantizes_bf16 or self.raises)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, "version": self.version, "consumes_dialect": self.consumes,
+                "skip_list_entries": self.skip_list_len, "keeps_fp8": self.keeps_fp8,
+                "quantizes_bf16": self.quantizes_bf16, "raises": self.raises, "clean": self.clean}
+
+
+def consumes(engine: str, dialect: str) -> bool:
+    return dialect in get_engine(engine).dialects
+
+
+def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], list[EngineVerdict]]:
+    findings: list[Finding] = []
+    verdicts: list[EngineVerdict] = []
+    declared = bool(plan.quant_method)
+    for engine in engines:
+        info = get_engine(engine)
+        applies = declared and plan.dialect in info.dialects
+        keeps, quantizes, raises = [], [], []
+        reasons: dict[str, list[str]] = {}
+        seen: set[tuple[str, str]] = set()
+        for row in plan.rows:
+            d = row.decisions[engine]
+            m = row.module
+            key = (m.path, m.weight)
+            if key in seen:
+                continue
+            seen.add(key)
+            if d.decision == ERROR:
+                raises.append(m.path)
+                reasons.setdefault(d.reason, []).append(m.path)
+            elif d.decision == KEEP and m.quantized:
+                keeps.append(m.path)
+            elif d.decision != KEEP and not m.quantized:
+                quantizes.append(m.path)
+        verdicts.append(EngineVerdict(engine, info.version, applies, len(plan.skip_lists.get(engine, [])),
+                                      len(keeps), len(quantizes), len(raises)))
+        if not declared:
+            continue   # no quantization_config: engines load everything unquantized; config check covers FP8
+        severity = "error" if applies else "info"
+        who = f"{engine} ({info.version})"
+        if applies:
+            scope = f"{who} loads {plan.dialect}-dialect checkpoints and"
+        else:
+            loads = ", ".join(info.dialects) or "no MXFP8 dialect"
+            scope = (f"{who} does not load {plan.dialect}-dialect checkpoints (it reads {loads}); "
+                     f"if this skip list were reused there, it")
+        rules = plan.skip_lists.get(engine, [])
+        detail = {"skip_list_entries": len(rules), "consumes_dialect": applies,
+                  "engine_summary": info.summary}
+        if keeps:
+            findings.append(Finding(
+                severity, "engine", "engine-keeps-stored-fp8",
+                f"{scope} would keep these modules BF16, but they are stored FP8",
+                "It builds BF16 Linears and loads FP8 bytes without their scales: wrong outputs, or a "
+                "dtype/unexpected-key error at load time.", tuple(keeps), engine=engine, details=detail))
+        if quantizes:
+            findings.append(Finding(
+                severity, "engine", "engine-quantizes-stored-bf16",
+                f"{scope} would quantize these modules (expects FP8 + scales), but they are stored BF16",
+                "It finds no scale tensors: loading fails, or the layers meant to stay BF16 are quantized "
+                "after all, silently costing accuracy.", tuple(quantizes), engine=engine, details=detail))
+        for reason, paths in reasons.items():
+            findings.append(Finding(
+                severity, "engine", "engine-raises",
+                f"{scope} raises on these modules: {reason}",
+                "Model loading stops with this error; nothing is served.", tuple(paths), engine=engine,
+                details=detail))
+    return findings, verdicts

@@ -1,0 +1,141 @@
+"""Loading models and tokenizers for evaluation: `mxmix.load` for MXFP8/mixed, transformers for plain ones.
+
+Never runs remote code and never reads pickle weights (safetensors only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mxmix.checkpoint.layout import Checkpoint
+from mxmix.errors import MxmixError
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    if name not in DTYPES:
+        raise MxmixError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return getattr(torch, name)
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MxmixError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise MxmixError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
+    return device
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Offline, no progress bars or advice from transformers while we load."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def is_quantized(path: str | os.PathLike[str]) -> bool:
+    return bool(Checkpoint.open(path).quantization_config)
+
+
+def load_model(path: str | os.PathLike[str], device: str = "cpu", dtype: str = "bfloat16") -> Any:
+    """An eval-mode causal LM: `mxmix.load` when the checkpoint declares a quantization, else transformers."""
+    ckpt = Checkpoint.open(path, require_config=True)
+    dt = torch_dtype(dtype)
+    device = check_device(device)
+    if ckpt.quantization_config:
+        try:
+            from mxmix.runtime.load import load
+        except ImportError:  # runtime not installed in this build: same CPU numerics, BF16 weights
+            return _load_dequantized(ckpt, device, dt)
+        with quiet_transformers():
+            model = load(str(path), device=device, dtype=dt)
+        return model.eval()
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise MxmixError("loading a plain checkpoint needs transformers: pip install 'mxmix[hf]'") from None
+    with quiet_transformers():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False,
+                                                         use_safetensors=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise MxmixError(f"{path}: transformers cannot load this checkpoint ({str(exc).splitlines()[0]})") \
+                from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise MxmixError("tokenizing needs transformers: pip install 'mxmix[hf]'") from None
+    p = Path(path)
+    if not any((p / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise MxmixError(f"{p}: no tokenizer files (tokenizer.json / tokenizer_config.json) in the checkpoint")
+    with quiet_transformers():
+        try:
+            return AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise MxmixError(f"{p}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
+
+
+def _load_dequantized(ckpt: Checkpoint, device: str, dtype: Any) -> Any:
+    """Fallback: every MXFP8 weight decoded to ``dtype`` into a plain transformers model.
+
+    On the CPU this equals `MXFP8Linear` (which dequantizes exactly, then runs the same matmul).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mxmix.checkpoint.dialects import SCALE_SUFFIXES
+    from mxmix.mx import dequantize
+
+    cfg = dict(ckpt.config or {})
+    cfg.pop("quantization_config", None)
+    model_type = cfg.pop("model_type", None)
+    with quiet_transformers():
+        config = AutoConfig.for_model(model_type, **cfg)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {}
+    for name in ckpt.tensors:
+        if any(name.endswith("." + s) for s in SCALE_SUFFIXES):
+            continue
+        t = ckpt.read_tensor(name)
+        if name.endswith(".weight") and t.dtype == torch.float8_e4m3fn:
+            base = name[: -len(".weight")]
+            scale = next((ckpt.read_tensor(f"{base}.{s}") for s in SCALE_SUFFIXES if f"{base}.{s}" in ckpt.tensors),
+                         None)
+            if scale is None:
+                raise MxmixError(f"{ckpt.root}: {name} is FP8 but has no scale tensor")
+            t = dequantize(t, scale, dtype=dtype, block_size=32)
+        state[name] = t.to(dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise MxmixError(f"{ckpt.root}: the checkpoint lacks {missing[0]} (and {len(missing) - 1} more)")
+    return model.to(device).eval()

@@ -1,0 +1,76 @@
+"""The precision-rule engine: which modules stay BF16, as mxmix means it and as each consumer reads it.
+
+``decide(path, rules, engine)`` answers for one path by the plain reference definitions;
+``compile_rules(rules, engine)`` returns the bulk form (indexed, same answers) for many paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mxmix.errors import MxmixError
+from mxmix.rules.config_keys import skip_list_for
+from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, QUANTIZE, Decision, Fused, normalise_fused
+from mxmix.rules.engines import ENGINES, EngineInfo, engines_for_dialect, get_engine
+from mxmix.rules.primitives import INDEXED, REFERENCE
+from mxmix.rules.reading import BoundReading
+
+CompiledRules = BoundReading
+
+
+def _check_rules(rules: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(rules, str):
+        raise MxmixError("rules must be a list of strings, not one string")
+    out = tuple(rules)
+    for r in out:
+        if not isinstance(r, str):
+            raise MxmixError(f"rule {r!r} is not a string")
+    return out
+
+
+def decide(path: str, rules: Sequence[str], engine: str = "canonical", fused: Fused | None = None) -> Decision:
+    """How ``engine`` treats module ``path`` under ``rules`` (reference definitions, one path)."""
+    info = get_engine(engine)
+    rule_tuple = _check_rules(rules)
+    reading = info.build(rule_tuple, normalise_fused(fused), REFERENCE)
+    return BoundReading(engine, rule_tuple, reading).decide(path)
+
+
+def compile_rules(rules: Sequence[str], engine: str = "canonical", fused: Fused | None = None) -> CompiledRules:
+    """The bulk form: rules indexed once, ``.decide(path)`` without looping over every rule."""
+    info = get_engine(engine)
+    rule_tuple = _check_rules(rules)
+    return BoundReading(engine, rule_tuple, info.build(rule_tuple, normalise_fused(fused), INDEXED))
+
+
+def reference_rules(rules: Sequence[str], engine: str = "canonical", fused: Fused | None = None) -> CompiledRules:
+    """Like ``compile_rules`` but on the reference loops (what ``decide`` uses); for tests and benchmarks."""
+    info = get_engine(engine)
+    rule_tuple = _check_rules(rules)
+    return BoundReading(engine, rule_tuple, info.build(rule_tuple, normalise_fused(fused), REFERENCE))
+
+
+def lint(rules: Sequence[str], modules: Sequence[str] | None = None, engines: Sequence[str] | None = None):
+    """Findings about a rule list (see mxmix.rules.lint)."""
+    from mxmix.rules.lint import lint as _lint
+
+    return _lint(rules, modules=modules, engines=engines)
+
+
+__all__ = [
+    "DEFAULT_FUSED",
+    "ENGINES",
+    "ERROR",
+    "KEEP",
+    "QUANTIZE",
+    "CompiledRules",
+    "Decision",
+    "EngineInfo",
+    "compile_rules",
+    "decide",
+    "engines_for_dialect",
+    "get_engine",
+    "lint",
+    "reference_rules",
+    "skip_list_for",
+]

@@ -1,0 +1,171 @@
+"""The canonical reading: what a rule list *means* in mxmix, independent of any engine's quirks.
+
+* plain rule — whole dotted components, anywhere in the path: ``model.layers.34.`` keeps layer 34's
+  children, never layer 340's; ``mlp.gate`` keeps ``…mlp.gate``, never ``…mlp.gate_up_proj``.
+  Surrounding whitespace and leading/trailing dots are normalised away; an empty result is invalid
+  and matches nothing.
+* ``re:`` rule — ``re.match`` on the full path (start-anchored only, the compressed-tensors
+  convention).
+* glob (a plain rule with ``*``, ``?`` or ``[``) — ``fnmatch`` against the path or any dotted ancestor.
+* fused module (``qkv_proj`` …) — kept if matched itself or if all its shards are; a partial set of
+  shards is an error naming them.
+* FusedMoE ``…experts`` module — kept if it or an ancestor is matched; rules that reach only some
+  experts / expert projections under it are an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mxmix.errors import MxmixError
+from mxmix.rules.decision import ERROR, KEEP, QUANTIZE
+from mxmix.rules.primitives import Backend, _min
+from mxmix.rules.reading import PathReading, Verdict
+
+GLOB_CHARS = frozenset("*?[")
+# Children a FusedMoE module stands for: per-expert projections and stacked 3-D tensors.
+EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj", "gate_up_proj", "w1", "w2", "w3")
+STACKED_EXPERT_TENSORS = ("gate_up_proj", "down_proj", "gate_proj", "up_proj", "w13_weight", "w2_weight")
+PROBED_EXPERTS = 128  # regex/glob rules are probed against experts 0..127 of a FusedMoE
+
+
+@dataclass(frozen=True)
+class RuleForm:
+    """How the canonical reading classifies one rule: kind in plain / regex / glob / invalid."""
+
+    kind: str
+    text: str
+
+
+def classify(rule: str) -> RuleForm:
+    stripped = rule.strip()
+    if stripped.startswith("re:"):
+        return RuleForm("regex", stripped[3:])
+    text = stripped.strip(".")
+    if not text:
+        return RuleForm("invalid", "")
+    if GLOB_CHARS & set(text):
+        return RuleForm("glob", text)
+    return RuleForm("plain", text)
+
+
+def ancestors(path: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b.c", "a.b", "a"]``: the path and every dotted ancestor."""
+    parts = path.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
+def _is_expert_child(parts: Sequence[str]) -> bool:
+    """A component sequence a FusedMoE's children start with: ``N``, ``N.proj`` or a stacked tensor."""
+    if not parts:
+        return False
+    if parts[0].isdigit():
+        return len(parts) == 1 or (len(parts) == 2 and bool(parts[1]))
+    return len(parts) == 1 and parts[0] in STACKED_EXPERT_TENSORS
+
+
+def _probe_children(path: str) -> list[str]:
+    out = [f"{path}.{t}" for t in STACKED_EXPERT_TENSORS]
+    for n in range(PROBED_EXPERTS):
+        out.append(f"{path}.{n}")
+        out.extend(f"{path}.{n}.{p}" for p in EXPERT_PROJECTIONS)
+    return out
+
+
+def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Backend) -> PathReading:
+    forms = [classify(r) for r in rules]
+    plain_entries = [(i, tuple(f.text.split("."))) for i, f in enumerate(forms) if f.kind == "plain"]
+    plain = backend.components(plain_entries)
+    regex = backend.regex([(i, f.text) for i, f in enumerate(forms) if f.kind == "regex"])
+    if regex.failure is not None:
+        i = regex.failure.index
+        raise MxmixError(f"rule {rules[i]!r} is not a valid regex ({regex.failure.message.removeprefix('re.error: ')})")
+    glob = backend.glob([(i, f.text) for i, f in enumerate(forms) if f.kind == "glob"])
+    # Plain rules that reach *below* a FusedMoE module: key = the part of the rule that must be a
+    # suffix of the module path's components (possibly empty), the rest an expert child.
+    child_entries = []
+    for i, parts in plain_entries:
+        for cut in range(len(parts)):
+            if _is_expert_child(parts[cut:]):
+                child_entries.append((i, parts[:cut]))
+    children = backend.exact(child_entries)
+    has_patterns = any(f.kind in ("regex", "glob") for f in forms)
+
+    def direct(path: str) -> tuple[int | None, str]:
+        parts = tuple(path.split("."))
+        p_hit = plain.first(parts)
+        r_hit = regex.first(path)
+        g_hit = None
+        g_anc = ""
+        for anc in ancestors(path):
+            h = glob.first(anc)
+            if h is not None and (g_hit is None or h < g_hit):
+                g_hit, g_anc = h, anc
+        best = _min(_min(p_hit, r_hit), g_hit)
+        if best is None:
+            return None, ""
+        kind = forms[best].kind
+        if kind == "plain":
+            why = f"rule {rules[best]!r} names whole components of the path"
+        elif kind == "regex":
+            why = f"regex rule {rules[best]!r} matches the start of the path"
+        else:
+            why = f"glob rule {rules[best]!r} matches {'the path' if g_anc == path else 'its ancestor ' + g_anc}"
+        return best, why
+
+    def reading(path: str) -> Verdict:
+        hit, why = direct(path)
+        if hit is not None:
+            return KEEP, hit, why
+        parts = path.split(".")
+        last = parts[-1]
+        if last in fused:
+            shard_paths = [".".join([*parts[:-1], s]) for s in fused[last]]
+            hits = [direct(s)[0] for s in shard_paths]
+            kept = [s for s, h in zip(shard_paths, hits) if h is not None]
+            if len(kept) == len(shard_paths):
+                first = min(h for h in hits if h is not None)
+                return KEEP, first, f"fused module: all its shards are kept ({', '.join(fused[last])})"
+            if kept:
+                missing = [s for s, h in zip(shard_paths, hits) if h is None]
+                first = min(h for h in hits if h is not None)
+                return ERROR, first, (f"only some shards of fused module {path} are kept: "
+                                      f"{', '.join(kept)} kept, {', '.join(missing)} not")
+            return QUANTIZE, None, "no rule matches the fused module or any of its shards"
+        if last == "experts":
+            for anc in ancestors(path)[1:]:
+                h = regex.first(anc)
+                if h is not None:
+                    return KEEP, h, f"regex rule {rules[h]!r} matches its ancestor {anc}"
+            suffixes = [tuple(parts[k:]) for k in range(len(parts) + 1)]
+            reach = None
+            for s in suffixes:
+                reach = _min(reach, children.first(s))
+            if reach is None and has_patterns:
+                for child in _probe_children(path):
+                    h = _min(regex.first(child), glob.first(child))
+                    if h is not None:
+                        reach = h
+                        break
+            if reach is not None:
+                return ERROR, reach, (f"rule {rules[reach]!r} lists only some experts or expert projections "
+                                      f"of the FusedMoE module {path}; keep the whole module ({path}) or none")
+            return QUANTIZE, None, "no rule matches the FusedMoE module or an ancestor"
+        return QUANTIZE, None, "no rule matches"
+
+    return reading
+
+
+def invalid_regexes(rules: Sequence[str]) -> list[tuple[str, str]]:
+    """(rule, error) for every ``re:`` rule that does not compile."""
+    out = []
+    for r in rules:
+        f = classify(r)
+        if f.kind == "regex":
+            try:
+                re.compile(f.text)
+            except re.error as exc:
+                out.append((r, str(exc)))
+    return out

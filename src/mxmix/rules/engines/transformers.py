@@ -1,0 +1,45 @@
+"""transformers' readings of a skip list (engine-semantics.md §4).
+
+5.24.0 mirrors ``should_convert_module`` in ``src/transformers/quantizers/quantizers_utils.py``:
+each rule is a *regex* followed by a dot boundary, matched at the start of the full name, or a raw
+suffix of it. 4.57.6 mirrors ``finegrained_fp8.py``: membership or substring. transformers has no
+fused modules: the reading applies to whatever (unfused, checkpoint-named) path is asked.
+"""
+
+from __future__ import annotations
+
+from mxmix.rules.decision import KEEP, QUANTIZE
+from mxmix.rules.reading import PathReading, Verdict, first_hit, guarded
+
+BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
+
+
+def build_transformers(rules, fused, backend) -> PathReading:
+    """5.24: ``re.match(rule + boundary, name)`` or ``name.endswith(rule)``; a bad pattern raises."""
+    regex = backend.regex([(i, r + BOUNDARY) for i, r in enumerate(rules)])
+    ends = backend.ends_with(list(enumerate(rules)))
+
+    def reading(path: str) -> Verdict:
+        r_hit = regex.first(path)
+        e_hit = ends.first(path)
+        hit = first_hit(r_hit, e_hit, failures=[regex.failure])
+        if hit is None:
+            return QUANTIZE, None, "no rule matches"
+        if hit == r_hit:
+            return KEEP, hit, f"rule {rules[hit]!r}, read as a regex, matches the start of the name at a dot boundary"
+        return KEEP, hit, f"the name ends with rule {rules[hit]!r}"
+
+    return guarded(reading)
+
+
+def build_transformers_4(rules, fused, backend) -> PathReading:
+    """4.57: the name is in the list or any rule is a substring of it."""
+    sub = backend.substring(list(enumerate(rules)))
+
+    def reading(path: str) -> Verdict:
+        hit = sub.first(path)
+        if hit is not None:
+            return KEEP, hit, f"rule {rules[hit]!r} is a substring of the name"
+        return QUANTIZE, None, "no rule matches"
+
+    return reading

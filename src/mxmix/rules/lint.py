@@ -1,0 +1,173 @@
+"""Lint a rule list: forms that engines read differently, rules that match nothing, and rules whose
+meaning differs between the engines you will serve with (engine-semantics.md §8)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from mxmix.rules.canonical import classify
+from mxmix.rules.decision import ERROR, KEEP
+from mxmix.rules.engines import ENGINES, get_engine
+
+ERROR_SEV, WARNING, INFO = "error", "warning", "info"
+REGEX_METACHARS = frozenset("^$+(){}|\\")
+TOP_LEVEL_MODULES = frozenset({"lm_head", "output", "embed_out", "score", "classifier"})
+FUSED_RUNTIME_NAMES = frozenset({"qkv_proj", "gate_up_proj"})
+MAX_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class LintFinding:
+    severity: str
+    code: str
+    rule: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+def _form_findings(rule: str, engines: Sequence[str]) -> list[LintFinding]:
+    out: list[LintFinding] = []
+
+    def add(sev: str, code: str, msg: str) -> None:
+        out.append(LintFinding(sev, code, rule, msg))
+
+    form = classify(rule)
+    stripped = rule.strip()
+    if rule != stripped:
+        add(ERROR_SEV, "whitespace", "surrounding whitespace: SGLang and vLLM do not strip it, so the rule "
+                                     "matches nothing there")
+    if form.kind == "invalid":
+        add(ERROR_SEV, "empty", "empty or dot-only rule: matches nothing canonically, but SGLang's Fp8Config "
+                                "turns it into 'model.' and keeps every decoder Linear, and transformers 5 "
+                                "matches everything with ''")
+        return out
+    if form.kind == "regex":
+        try:
+            re.compile(form.text)
+        except re.error as exc:
+            add(ERROR_SEV, "regex-invalid", f"not a valid regex ({exc})")
+            return out
+        if not form.text.endswith("$") and not form.text.endswith(r"\Z"):
+            add(WARNING, "regex-unanchored", "re: rules match at the start only; without a final '$' this "
+                                             "also keeps every module whose name merely starts this way")
+        if re.search(r"(?<!\\)\.(?![*+?])", form.text):
+            add(INFO, "regex-unescaped-dot", "unescaped '.' matches any character (model.layers.1. also "
+                                             "reaches layer 10's children); write '\\.'")
+        plain_readers = [e for e in engines if not get_engine(e).regex]
+        if plain_readers:
+            add(ERROR_SEV, "regex-unsupported", f"{', '.join(plain_readers)} read(s) 're:' literally: "
+                                                "this rule matches nothing there")
+        return out
+    if stripped.startswith("."):
+        add(ERROR_SEV, "leading-dot", "leading dot: SGLang's component match sees an empty first component "
+                                      "and never matches")
+    if stripped.endswith(".") and stripped.strip("."):
+        add(WARNING, "trailing-dot", "trailing-dot prefix: matches nothing in vLLM exact/suffix, "
+                                     "compressed-tensors and SGLang #23467, and over-matches in transformers 5 "
+                                     "(model.layers.34. keeps layer 340); enumerate the layer's modules")
+    text = form.text
+    if "." not in text and text not in TOP_LEVEL_MODULES:
+        add(WARNING, "bare-component", f"bare one-component name {text!r}: hits that name at every depth "
+                                       "(and as a substring in substring-matching engines)")
+    metas = sorted(REGEX_METACHARS & set(text))
+    if metas:
+        add(WARNING, "regex-metachar", f"plain rule contains regex metacharacter(s) {' '.join(metas)}: "
+                                       "transformers 5 and SGLang ModelOpt read it as a regex; prefix 're:' "
+                                       "if you meant one")
+    if form.kind == "glob":
+        literal = [e for e in engines if not get_engine(e).globs]
+        if literal:
+            add(ERROR_SEV, "glob-unsupported", f"glob characters are literal (or a regex) for "
+                                               f"{', '.join(literal)}: this rule does not do what it says there")
+        elif not engines:
+            add(WARNING, "glob", "globs are honoured only by ModelOpt consumers (and canonically); other "
+                                 "engines read them literally or as regexes")
+        star = text.find("*")
+        if 0 <= star < len(text) - 1 and text[star + 1:] not in ("", ".*"):
+            add(WARNING, "glob-mid-star", "'*' inside a path crosses dots in ModelOpt consumers "
+                                          "(model.layers.*.mlp reaches any depth); prefer a trailing 'prefix.*'")
+    if text.split(".")[-1] in FUSED_RUNTIME_NAMES:
+        add(INFO, "fused-name", f"{text.split('.')[-1]!r} is a fused runtime name: SGLang 0.5.23 never tests it "
+                                "and transformers has no such module; list the shards")
+    return out
+
+
+def _kept_set(rule: str, engine: str, modules: Sequence[str], runtime: dict[str, str]) -> dict[str, str]:
+    """module -> "keep"/"error" for the modules this single rule affects under ``engine``."""
+    from mxmix.errors import MxmixError
+    from mxmix.rules import compile_rules
+
+    try:
+        compiled = compile_rules([rule], engine)
+    except MxmixError:
+        return {}
+    use_runtime = get_engine(engine).runtime_names
+    out: dict[str, str] = {}
+    cache: dict[str, str] = {}
+    for m in modules:
+        asked = runtime[m] if use_runtime else m
+        if asked not in cache:
+            cache[asked] = compiled.decide(asked).decision
+        if cache[asked] in (KEEP, ERROR):
+            out[m] = cache[asked]
+    return out
+
+
+def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
+         engines: Sequence[str] | None = None) -> list[LintFinding]:
+    """Findings for ``rules``; with ``modules`` (a checkpoint's Linear module paths) also dead rules and
+    rules whose effect differs between ``engines`` (default: every reading) on that checkpoint."""
+    from mxmix.rules.plan import runtime_path_map
+
+    chosen = list(engines or [])
+    for e in chosen:
+        get_engine(e)
+    findings: list[LintFinding] = []
+    seen: set[str] = set()
+    for rule in rules:
+        if rule in seen:
+            findings.append(LintFinding(INFO, "duplicate", rule, "listed more than once"))
+            continue
+        seen.add(rule)
+        findings.extend(_form_findings(rule, chosen))
+    if modules is None:
+        return findings
+    modules = list(modules)
+    runtime = runtime_path_map(modules)
+    compare = chosen or [e for e in ENGINES if e != "canonical"]
+    for rule in dict.fromkeys(rules):
+        if classify(rule).kind == "invalid":
+            continue
+        canonical = _kept_set(rule, "canonical", modules, runtime)
+        if not canonical:
+            findings.append(LintFinding(WARNING, "dead-rule", rule, "matches no Linear module of the checkpoint "
+                                                                    "(canonical reading)"))
+        effects = {e: _kept_set(rule, e, modules, runtime) for e in compare}
+        if len(compare) < 2 and not chosen:
+            continue
+        baseline = effects[compare[0]] if chosen else canonical
+        base_name = compare[0] if chosen else "canonical"
+        differing = []
+        for e in compare:
+            if effects[e] != baseline:
+                diff = sorted(set(effects[e].items()) ^ set(baseline.items()))
+                example = ", ".join(f"{m} ({'error' if s == ERROR else 'kept'} by "
+                                    f"{e if (m, s) in effects[e].items() else base_name})"
+                                    for m, s in diff[:MAX_EXAMPLES])
+                differing.append(f"{e}: {len(diff)} module(s) differ, e.g. {example}")
+        if differing:
+            findings.append(LintFinding(WARNING, "engine-divergence", rule,
+                                        f"means something different in {len(differing)} engine(s) than in "
+                                        f"{base_name} on this checkpoint — " + "; ".join(differing)))
+    return findings
+
+
+def has_errors(findings: Sequence[LintFinding]) -> bool:
+    return any(f.severity == ERROR_SEV for f in findings)
+
+
+__all__ = ["ERROR_SEV", "INFO", "WARNING", "LintFinding", "has_errors", "lint"]

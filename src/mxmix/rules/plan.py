@@ -1,0 +1,188 @@
+"""Per-module precision of a checkpoint as each engine will run it, against what is stored.
+
+Every engine reads the checkpoint's own skip list with its own key precedence (config_keys) and
+its own matcher (engines/), about the module name *it* sees: serving engines ask about runtime
+modules (fused ``qkv_proj`` / ``gate_up_proj`` when all shards are present, the FusedMoE
+``…experts`` for per-expert tensors); transformers, the compressed-tensors library and the
+canonical reading ask about checkpoint names. A module an engine keeps BF16 while the checkpoint
+stores it quantized (or the reverse) is a disagreement: that engine will misload the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mxmix.checkpoint.dialects import recognise_dialect
+from mxmix.checkpoint.layout import Checkpoint
+from mxmix.checkpoint.modules import LinearModule, linear_modules
+from mxmix.rules.config_keys import skip_list_for
+from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, Decision
+from mxmix.rules.engines import engines_for_dialect, get_engine
+
+SHARD_TO_FUSED = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    module: LinearModule
+    decisions: dict[str, Decision]
+
+    @property
+    def stored(self) -> str:
+        return self.module.precision
+
+    def runs_as(self, engine: str) -> str:
+        """"bf16", "mxfp8" or "error": what ``engine`` makes of this module."""
+        d = self.decisions[engine]
+        if d.decision == ERROR:
+            return "error"
+        return "bf16" if d.decision == KEEP else "mxfp8"
+
+    def disagrees(self, engine: str) -> bool:
+        d = self.decisions[engine]
+        if d.decision == ERROR:
+            return True
+        return (d.decision == KEEP) == self.module.quantized
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.module.to_dict()
+        out["stored"] = self.stored
+        out["engines"] = {e: {**d.to_dict(), "runs_as": self.runs_as(e), "disagrees": self.disagrees(e)}
+                          for e, d in self.decisions.items()}
+        return out
+
+
+@dataclass
+class Plan:
+    checkpoint: str
+    dialect: str
+    quant_method: str | None
+    engines: list[str]
+    skip_lists: dict[str, list[str]]
+    rows: list[PlanRow]
+    notes: list[str] = field(default_factory=list)
+
+    def disagreements(self) -> dict[str, int]:
+        return {e: sum(r.disagrees(e) for r in self.rows) for e in self.engines}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "dialect": self.dialect, "quant_method": self.quant_method,
+                "engines": self.engines, "skip_lists": self.skip_lists, "disagreements": self.disagreements(),
+                "notes": self.notes, "modules": [r.to_dict() for r in self.rows]}
+
+
+def runtime_path_map(paths: Sequence[str]) -> dict[str, str]:
+    """Checkpoint module path -> the module a serving engine builds it into.
+
+    ``…experts.N.<proj>`` -> the FusedMoE ``…experts``; ``q/k/v_proj`` -> ``qkv_proj`` and
+    ``gate/up_proj`` -> ``gate_up_proj`` when every shard is present under the same parent.
+    """
+    present = set(paths)
+    out: dict[str, str] = {}
+    for path in paths:
+        parts = path.split(".")
+        if "experts" in parts[:-1]:
+            k = len(parts) - 1 - parts[::-1].index("experts")
+            if k + 1 < len(parts) and parts[k + 1].isdigit():
+                out[path] = ".".join(parts[:k + 1])
+                continue
+        fused = SHARD_TO_FUSED.get(parts[-1])
+        if fused is not None:
+            parent = ".".join(parts[:-1])
+            siblings = [f"{parent}.{s}" if parent else s for s in DEFAULT_FUSED[fused]]
+            if all(s in present for s in siblings):
+                out[path] = f"{parent}.{fused}" if parent else fused
+                continue
+        out[path] = path
+    return out
+
+
+def runtime_paths(modules: Sequence[LinearModule]) -> dict[str, str]:
+    return runtime_path_map([m.path for m in modules])
+
+
+def default_engines(quantization_config: dict[str, Any] | None) -> list[str]:
+    """The readings relevant to a checkpoint's dialect (all of them when it has none we know)."""
+    dialect = recognise_dialect(quantization_config)
+    return engines_for_dialect(dialect)
+
+
+def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None) -> Plan:
+    """Each Linear of ``ckpt``: stored precision and every engine's decision from the checkpoint's config."""
+    from mxmix.rules import compile_rules
+
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = Checkpoint.open(ckpt)
+    qc = ckpt.quantization_config
+    dialect = recognise_dialect(qc)
+    names = list(engines) if engines else default_engines(qc)
+    for name in names:
+        get_engine(name)
+    hf_quant = ckpt.read_json("hf_quant_config.json")
+    modules = linear_modules(ckpt)
+    runtime = runtime_paths(modules)
+    notes: list[str] = []
+    skip_lists: dict[str, list[str]] = {}
+    decisions: dict[str, dict[str, Decision]] = {}
+    for name in names:
+        info = get_engine(name)
+        if not qc.get("quant_method"):
+            skip_lists[name] = []
+            decisions[name] = {m.path: Decision(m.path, name, KEEP, None,
+                                                "the checkpoint declares no quantization: loaded unquantized")
+                               for m in modules}
+            continue
+        rules = skip_list_for(qc, name, hf_quant if isinstance(hf_quant, dict) else None)
+        skip_lists[name] = rules
+        compiled = compile_rules(rules, name)
+        cache: dict[str, Decision] = {}
+        per: dict[str, Decision] = {}
+        for m in modules:
+            asked = runtime[m.path] if info.runtime_names else m.path
+            if asked not in cache:
+                cache[asked] = compiled.decide(asked)
+            per[m.path] = cache[asked]
+        decisions[name] = per
+    if not qc.get("quant_method"):
+        notes.append("no quantization_config: every engine loads this checkpoint unquantized")
+    rows = [PlanRow(m, {n: decisions[n][m.path] for n in names}) for m in modules]
+    return Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, rows, notes)
+
+
+def compact_groups(plan: Plan) -> list[tuple[str, list[PlanRow]]]:
+    """Rows grouped for reading: consecutive decoder layers whose (kind, stored, decisions) agree
+    collapse to one block ``layers a-b``; modules outside layers stay one per row."""
+    def signature(rows: list[PlanRow]) -> tuple[Any, ...]:
+        return tuple((r.module.kind, r.module.expert, r.stored, tuple(r.runs_as(e) for e in plan.engines))
+                     for r in rows)
+
+    by_layer: dict[int, list[PlanRow]] = {}
+    outside: list[PlanRow] = []
+    for r in plan.rows:
+        if r.module.layer is None:
+            outside.append(r)
+        else:
+            by_layer.setdefault(r.module.layer, []).append(r)
+    groups: list[tuple[str, list[PlanRow]]] = []
+    start = prev = None
+    prev_sig = None
+    first_rows: list[PlanRow] = []
+    for layer in sorted(by_layer):
+        sig = signature(by_layer[layer])
+        if prev_sig is not None and sig == prev_sig and layer == prev + 1:
+            prev = layer
+            continue
+        if prev_sig is not None:
+            groups.append((_span(start, prev), first_rows))
+        start = prev = layer
+        prev_sig = sig
+        first_rows = by_layer[layer]
+    if prev_sig is not None:
+        groups.append((_span(start, prev), first_rows))
+    return [(r.module.path, [r]) for r in outside] + groups
+
+
+def _span(a: int, b: int) -> str:
+    return f"layer {a}" if a == b else f"layers {a}-{b}"

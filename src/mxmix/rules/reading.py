@@ -1,0 +1,93 @@
+"""The shape every reading shares: rules + fused mapping + primitive backend -> path -> Decision.
+
+A reading's builder looks at the rule list once (classifying, indexing) and returns a function of
+one path. Built on the reference backend it is ``decide``; on the indexed backend it is the bulk
+form, ``compile_rules``. Fused-shard and error bookkeeping that several readings share lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mxmix.rules.decision import ERROR, KEEP, QUANTIZE, Decision
+from mxmix.rules.primitives import Backend, RuleFailure, _min
+
+# (decision, deciding rule index or None, reason)
+Verdict = tuple[str, int | None, str]
+PathReading = Callable[[str], Verdict]
+ReadingBuilder = Callable[[Sequence[str], dict[str, tuple[str, ...]], Backend], PathReading]
+
+
+class EngineRaised(Exception):
+    """The consumer itself would raise here (ValueError on mixed shards, re.error on a bad pattern)."""
+
+    def __init__(self, reason: str, index: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
+
+
+def first_hit(*hits: int | None, failures: Sequence[RuleFailure | None] = ()) -> int | None:
+    """Smallest matching rule index; a failing rule at or before it raises as the engine would."""
+    best: int | None = None
+    for h in hits:
+        best = _min(best, h)
+    for f in failures:
+        if f is not None and (best is None or f.index <= best):
+            raise EngineRaised(f"rule #{f.index + 1} is not a valid pattern ({f.message})", f.index)
+    return best
+
+
+def shard_paths_replace(path: str, fused_name: str, shards: Sequence[str]) -> list[str]:
+    """The engines' shard names: *every* occurrence of the fused name replaced (their str.replace)."""
+    return [path.replace(fused_name, s) for s in shards]
+
+
+def agree_on_shards(path: str, shard_paths: Sequence[str], hits: Sequence[int | None],
+                    rules: Sequence[str], *, what: str = "shards") -> Verdict:
+    """All shards kept -> keep; none -> quantize; a mix -> the engines' ValueError."""
+    kept = [s for s, h in zip(shard_paths, hits) if h is not None]
+    if len(kept) == len(shard_paths):
+        first = min(h for h in hits if h is not None)
+        return KEEP, first, f"all {what} of the fused module are listed ({', '.join(shard_paths)})"
+    if not kept:
+        return QUANTIZE, None, f"no rule lists any of its {what} ({', '.join(shard_paths)})"
+    missing = [s for s, h in zip(shard_paths, hits) if h is None]
+    raise EngineRaised(f"ValueError: some but not all {what} of {path} are skipped: "
+                       f"kept {', '.join(kept)}; quantized {', '.join(missing)}")
+
+
+def guarded(reading: PathReading) -> PathReading:
+    """Turn an engine's own exception into decision "error"."""
+    def run(path: str) -> Verdict:
+        try:
+            return reading(path)
+        except EngineRaised as exc:
+            return ERROR, exc.index, exc.reason
+    return run
+
+
+@dataclass
+class BoundReading:
+    """A reading bound to one rule list: ``decide(path) -> Decision``."""
+
+    engine: str
+    rules: tuple[str, ...]
+    reading: PathReading
+
+    def decide(self, path: str) -> Decision:
+        outcome, index, reason = self.reading(path)
+        rule = self.rules[index] if index is not None else None
+        return Decision(path=path, engine=self.engine, decision=outcome, rule=rule, reason=reason)
+
+    def decide_many(self, paths: Sequence[str]) -> list[Decision]:
+        return [self.decide(p) for p in paths]
+
+
+def kept(index: int, reason: str) -> Verdict:
+    return KEEP, index, reason
+
+
+def quantized(reason: str = "no rule matches") -> Verdict:
+    return QUANTIZE, None, reason

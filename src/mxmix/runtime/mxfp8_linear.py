@@ -1,0 +1,149 @@
+"""`MXFP8Linear`: a Linear layer whose weight stays MXFP8 (E4M3 elements + E8M0 scale per 32 along K).
+
+The forward is defined as the BF16 (or the activation's dtype) matmul on the exactly dequantized
+weight with fp32 accumulation. On the CPU it runs that definition (dequantize, then ``F.linear``); on
+CUDA it runs the Triton kernels of `mxmix.runtime.kernels`, which never materialise the weight for
+small M and stream it compressed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mxmix.errors import MxmixError
+
+BLOCK = 32
+E8M0_NAN = 255
+
+
+def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Exact decode of an MXFP8 weight: the codec's torch path, or the runtime's Triton kernel on CUDA."""
+    if weight.is_cuda and dtype in (torch.bfloat16, torch.float16) and _kernels_available():
+        from mxmix.runtime.kernels import dequantize_cuda
+
+        return dequantize_cuda(weight.contiguous(), scale.contiguous(), dtype)
+    from mxmix.mx import dequantize
+
+    return dequantize(weight, scale, dtype=dtype, block_size=BLOCK, backend="torch")
+
+
+class MXFP8Linear(nn.Module):
+    """y = x @ dequant(weight, weight_scale)^T + bias, with the weight kept compressed.
+
+    Buffers: ``weight`` float8_e4m3fn [out, in], ``weight_scale`` uint8 [out, in/32] (E8M0 bytes),
+    optional ``bias``. ``in_features`` must be a multiple of 32 (every MXFP8 consumer requires it).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        if in_features % BLOCK:
+            raise MxmixError(f"MXFP8Linear needs in_features divisible by {BLOCK}, got {in_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.compute_dtype = dtype
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.float8_e4m3fn,
+                                                   device=device))
+        self.register_buffer("weight_scale", torch.empty(out_features, in_features // BLOCK, dtype=torch.uint8,
+                                                         device=device))
+        if bias:
+            self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_quantized(cls, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None, *,
+                       dtype: torch.dtype = torch.bfloat16, validate: bool = True) -> MXFP8Linear:
+        """Wrap existing tensors (no copy when they already have the right dtype and layout)."""
+        check_quantized(weight, scale, validate=validate)
+        out_features, in_features = weight.shape
+        mod = cls.__new__(cls)
+        nn.Module.__init__(mod)
+        mod.in_features = in_features
+        mod.out_features = out_features
+        mod.compute_dtype = dtype
+        mod.register_buffer("weight", weight.contiguous())
+        mod.register_buffer("weight_scale", scale.contiguous())
+        if bias is not None:
+            mod.register_buffer("bias", bias.to(dtype).contiguous())
+        else:
+            mod.bias = None
+        return mod
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scale_mode: str = "rceil") -> MXFP8Linear:
+        """Quantize an ``nn.Linear`` with the project codec (for tests, benchmarks, experiments)."""
+        from mxmix.mx import quantize
+
+        q, s = quantize(linear.weight.detach(), block_size=BLOCK, scale_mode=scale_mode)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        dtype = linear.weight.dtype if linear.weight.dtype.is_floating_point else torch.bfloat16
+        return cls.from_quantized(q, s, bias, dtype=dtype if dtype != torch.float32 else torch.bfloat16)
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize_weight(self.weight, self.weight_scale, dtype or self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise MxmixError(f"MXFP8Linear expects inputs with last dimension {self.in_features}, "
+                             f"got shape {tuple(x.shape)}")
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _kernels_available():
+            from mxmix.runtime.kernels import mxfp8_matmul
+
+            lead = x.shape[:-1]
+            x2 = x.reshape(-1, self.in_features)
+            if x2.shape[0] == 0:
+                return x.new_empty(*lead, self.out_features)
+            y = mxfp8_matmul(x2, self.weight, self.weight_scale, self.bias)
+            return y.reshape(*lead, self.out_features)
+        return reference_forward(x, self.weight, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format=mxfp8")
+
+
+def reference_forward(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """The definition: matmul in the activation's dtype on the exactly dequantized weight."""
+    dtype = x.dtype if x.dtype.is_floating_point else torch.bfloat16
+    w = dequantize_weight(weight, scale, dtype)
+    return F.linear(x.to(dtype), w, None if bias is None else bias.to(dtype))
+
+
+def check_quantized(weight: torch.Tensor, scale: torch.Tensor, *, validate: bool = True,
+                    name: str = "weight") -> None:
+    """Shapes and dtypes of an MXFP8 weight, and (``validate``) no NaN scale bytes (0xFF)."""
+    if weight.dtype != torch.float8_e4m3fn:
+        raise MxmixError(f"{name}: MXFP8 weight must be float8_e4m3fn, got {weight.dtype}")
+    if scale.dtype != torch.uint8:
+        raise MxmixError(f"{name}: MXFP8 scales must be uint8 E8M0 bytes, got {scale.dtype}")
+    if weight.ndim != 2:
+        raise MxmixError(f"{name}: MXFP8Linear needs a 2-D weight, got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    if k % BLOCK:
+        raise MxmixError(f"{name}: in_features {k} is not a multiple of {BLOCK}")
+    if tuple(scale.shape) != (n, k // BLOCK):
+        raise MxmixError(f"{name}: scale shape {tuple(scale.shape)} does not match weight {tuple(weight.shape)} "
+                         f"(expected {(n, k // BLOCK)})")
+    if weight.device != scale.device:
+        raise MxmixError(f"{name}: weight on {weight.device} but scales on {scale.device}")
+    if validate and bool((scale == E8M0_NAN).any()):
+        raise MxmixError(f"{name}: scale byte 0xFF (NaN) found; the weights contain NaN/Inf blocks")
+
+
+_KERNELS_OK: bool | None = None
+
+
+def _kernels_available() -> bool:
+    global _KERNELS_OK
+    if _KERNELS_OK is None:
+        try:
+            import triton  # noqa: F401
+
+            _KERNELS_OK = True
+        except Exception:
+            _KERNELS_OK = False
+    return _KERNELS_OK

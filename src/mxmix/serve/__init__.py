@@ -1,0 +1,1 @@
+"""A small OpenAI-compatible HTTP server over ``mxmix.load`` (``mxmix serve``)."""
