@@ -250,3 +250,32 @@ def test_allow_nonfinite_encodes_nan_blocks(make_synthetic, tmp_path: Path) -> N
     scale = out[name.replace(".weight", ".weight_scale_inv")]
     assert scale[5, 1] == 255 and scale[7, 0] == 255 and int((scale == 255).sum()) == 2
     assert torch.all(out[name][5, 32:64].view(torch.uint8) == 0x7F)
+
+
+def test_rule_notes_and_lint(make_synthetic, tmp_path: Path) -> None:
+    from mxmix.errors import MxmixError
+
+    src_dir = make_synthetic("dense", layers=2, tie_embeddings=True)
+    s = quantize_checkpoint(src_dir, tmp_path / "out", keep=("model.layers.7.mlp", "gate_proj"),
+                            quantize_lm_head=True)
+    text = "\n".join(s.notes)
+    assert "'model.layers.7.mlp' matched no Linear module" in text
+    assert "bare one-component name 'gate_proj'" in text  # a lint warning, passed on
+    assert "tied to the embedding" in text
+    assert {m.path for m in s.kept} == {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
+                                        "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"}
+    with pytest.raises(MxmixError, match="--keep rule ''"):
+        quantize_checkpoint(src_dir, tmp_path / "bad", keep=("",))
+    with pytest.raises(MxmixError, match="not a valid regex"):
+        quantize_checkpoint(src_dir, tmp_path / "bad", keep=("re:(",))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_device_writes_the_same_bytes(make_synthetic, tmp_path: Path) -> None:
+    src_dir = make_synthetic("moe", layers=2, moe="stacked", experts=4, hidden=96, intermediate=160)
+    quantize_checkpoint(src_dir, tmp_path / "cpu")
+    s = quantize_checkpoint(src_dir, tmp_path / "gpu", device="cuda")
+    assert s.device == "cuda"
+    cpu, gpu = (tmp_path / "cpu" / "model.safetensors").read_bytes(), (tmp_path / "gpu" / "model.safetensors").read_bytes()
+    assert cpu == gpu

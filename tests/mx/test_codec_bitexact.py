@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backends import FAST_BACKENDS, assert_same_bytes, dequantize_values, device_for
+from backends import FAST_BACKENDS, assert_same_bytes, assert_same_values, dequantize_values, device_for
 from mx_inputs import all_bf16_patterns, mixed_magnitudes, shuffled_with_large, ties_and_edges
 
 import mxmix.mx as mx
@@ -96,8 +96,7 @@ def test_dequantize_every_byte_pair(backend: str, dtype: torch.dtype) -> None:
     s = torch.tensor(scale_bytes, dtype=torch.uint8).reshape(-1, 1).expand(-1, 8).contiguous()
     want = mx.dequantize(q, s, dtype, backend="reference")
     got = dequantize_values(q, s, backend, dtype)
-    assert torch.equal(got.isnan(), want.isnan())
-    assert torch.equal(torch.nan_to_num(got, nan=0.0), torch.nan_to_num(want, nan=0.0))
+    assert_same_values(got, want)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -106,7 +105,7 @@ def test_dequantize_partial_block_and_3d(backend: str, fresh_seed: int) -> None:
     q, s = mx.quantize(x, backend="reference")
     want = mx.dequantize(q, s, torch.bfloat16, backend="reference")
     got = dequantize_values(q, s, backend, torch.bfloat16)
-    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    assert_same_values(got, want)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -121,3 +120,18 @@ def test_large_random_against_torch_backend(backend: str, fresh_seed: int) -> No
         q, s = mx.quantize(x.to(dev), scale_mode=mode, backend=backend)
         q0, s0 = mx.quantize(x, scale_mode=mode, backend="torch")
         assert torch.equal(q.view(torch.uint8).cpu(), q0.view(torch.uint8)) and torch.equal(s.cpu(), s0)
+
+
+@pytest.mark.parametrize("chunk", [32, 96, 1000, 1 << 30])
+def test_torch_backend_chunk_boundaries(chunk: int, monkeypatch: pytest.MonkeyPatch, fresh_seed: int) -> None:
+    """Chunks smaller than a row, not a multiple of the row, and one chunk for everything (the GPU case)."""
+    from mxmix.mx import fast
+
+    monkeypatch.setattr(fast, "CHUNK_ELEMENTS", chunk)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        x = mixed_magnitudes((6, 3, 200), dtype, fresh_seed)
+        x[2, 1, 70] = float("nan")
+        for mode in MODES:
+            assert_same_bytes(x, "torch", mode, note=f"chunk {chunk}, {dtype}, seed {fresh_seed}")
+        q, s = mx.quantize(x, backend="reference")
+        assert_same_values(fast.dequantize(q, s, torch.bfloat16), mx.dequantize(q, s, backend="reference"))

@@ -156,3 +156,30 @@ def test_mxfp8_linear_cuda_graph_capture() -> None:
         graph.replay()
         ref = _reference(static_x, mod.weight, mod.weight_scale, None)
         assert _rel_err(static_y, ref) < REL_TOL
+
+
+@pytest.mark.parametrize("kind", ["fma", "mma"])
+def test_decode_wide_range_activations_and_repeatable_split_k(kind: str) -> None:
+    """Activations spanning 2^-40..2^20 (the fp16 path rescales each block) and bit-identical reruns.
+
+    Rerunning the split-K launch checks that the per-tile counters are reset by the kernel itself
+    (a stale counter would make the wrong program reduce, or none).
+    """
+    from mxmix.runtime.kernels import triton_decode as td
+
+    gen = torch.Generator().manual_seed(11)
+    m, n, k = 5, 640, 4096
+    q, s = _random_mxfp8(n, k, gen)
+    mag = torch.randint(-40, 21, (m, k), generator=gen).to(torch.float32)
+    x = (torch.randn(m, k, generator=gen) * torch.exp2(mag)).to(torch.bfloat16).cuda()
+    x[2] = 0.0  # an all-zero row
+    cfg = td.DecodeConfig(kind, 64, 256, 4, 4, 3)
+    y1 = td.mxfp8_decode_matmul(x, q, s, config=cfg).clone()
+    y2 = td.mxfp8_decode_matmul(x, q, s, config=cfg)
+    assert torch.equal(y1.view(torch.int16), y2.view(torch.int16))
+    ref = _reference(x, q, s, None)
+    assert torch.all(y1[2] == 0)
+    for row in (0, 1, 3, 4):
+        err = _rel_err(y1[row], ref[row])
+        print(f"decode {kind} wide-range row {row}: rel err {err:.2e}")
+        assert err < REL_TOL

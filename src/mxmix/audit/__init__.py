@@ -126,24 +126,36 @@ def _scale_reader(ckpt: Any, name: str) -> Callable[[], Any]:
 def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], hf: dict[str, Any] | None) -> list[Finding]:
     """Check 3: lint each distinct skip list the config holds (`mxmix rules lint`)."""
     from mxmix.checkpoint.inspect import skip_key_values
-    from mxmix.rules import lint
+    from mxmix.rules.lint import lint  # not mxmix.rules.lint the attribute: the submodule shadows it
 
     lists: dict[tuple[str, ...], list[str]] = {}
     for key, value in skip_key_values(ckpt).items():
         if isinstance(value, list) and all(isinstance(r, str) for r in value):
             lists.setdefault(tuple(value), []).append(key)
-    out: list[Finding] = []
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
     for rules, keys in lists.items():
         if not rules:
             continue
         for lf in lint(list(rules), modules=modules, engines=engines):
-            # Lint is advice about the list; what it breaks on this checkpoint is reported (as errors)
-            # by the engine check, so a lint "error" alone does not fail the audit.
-            severity = "info" if lf.severity == "info" else "warning"
-            out.append(Finding(
-                severity, "rules", lf.code, f"{lf.message} (rule {lf.rule!r} in {', '.join(keys)})",
-                _lint_consequence(lf.severity), (), details={"rule": lf.rule, "keys": keys,
-                                                             "lint_severity": lf.severity}))
+            g = grouped.setdefault((lf.code, lf.severity), {"rules": [], "messages": [], "keys": []})
+            if lf.rule is not None and lf.rule not in g["rules"]:
+                g["rules"].append(lf.rule)
+            g["messages"].append(lf.message)
+            g["keys"] += [k for k in keys if k not in g["keys"]]
+    out: list[Finding] = []
+    for (code, lint_severity), g in grouped.items():
+        # Lint is advice about the list; what it breaks on this checkpoint is reported (as errors) by
+        # the engine check, so a lint "error" alone does not fail the audit.
+        severity = "info" if lint_severity == "info" else "warning"
+        n = len(g["rules"])
+        first = g["messages"][0]
+        message = (first if len(first) <= 240 else first[:237] + "...")
+        if n > 1:
+            message += f" [and {n - 1} more rule(s) like it]"
+        out.append(Finding(severity, "rules", code, f"{message} (in {', '.join(g['keys'])})",
+                           _lint_consequence(lint_severity), tuple(g["rules"]),
+                           details={"lint_severity": lint_severity, "keys": g["keys"],
+                                    "messages": g["messages"][:20]}, subject="rule"))
     return out
 
 

@@ -30,6 +30,7 @@ class Finding:
     modules: tuple[str, ...] = ()
     engine: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    subject: str = "module"          # what ``modules`` holds: "module" paths, or skip-list "rule"s
 
     def __post_init__(self) -> None:
         if self.severity not in _RANK:
@@ -42,7 +43,8 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {
             "severity": self.severity, "check": self.check, "code": self.code, "engine": self.engine,
-            "message": self.message, "consequence": self.consequence, "module_count": len(self.modules),
+            "message": self.message, "consequence": self.consequence, "subject": self.subject,
+            "module_count": len(self.modules),
             "module_groups": self.groups, "modules": list(self.modules), "details": self.details,
         }
 
@@ -133,7 +135,7 @@ def format_findings(findings: Sequence[Finding], *, max_groups: int = 6) -> str:
         if groups:
             shown = ", ".join(groups[:max_groups])
             more = f" (+{len(groups) - max_groups} more patterns)" if len(groups) > max_groups else ""
-            lines.append(f"        {len(f.modules)} module(s): {shown}{more}")
+            lines.append(f"        {len(f.modules)} {f.subject}(s): {shown}{more}")
         lines.append(f"        → {f.consequence}")
     counts = summarise(findings)
     lines.append(f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} note(s)")

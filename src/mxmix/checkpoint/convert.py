@@ -20,7 +20,14 @@ from typing import Any
 
 from mxmix.checkpoint.dialects import DIALECTS, quantization_config_for, scale_tensor_name
 from mxmix.checkpoint.layout import INDEX_NAME, Checkpoint, TensorLocation
-from mxmix.checkpoint.selection import REASONS, ModuleChoice, Selection, SelectionOptions, select_modules
+from mxmix.checkpoint.selection import (
+    REASONS,
+    ModuleChoice,
+    Selection,
+    SelectionOptions,
+    is_lm_head,
+    select_modules,
+)
 from mxmix.checkpoint.skiplist import STYLES, build_skip_list
 from mxmix.checkpoint.writer import OutTensor, ShardPlan, ShardWriter, plan_shards, write_index
 from mxmix.errors import MxmixError
@@ -418,6 +425,9 @@ def quantize_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]
         bar.close()
 
     notes = list(selection.notes)
+    if quantize_lm_head and not any(is_lm_head(c.path) for c in selection.choices):
+        notes.append("--quantize-lm-head: this model has no separate lm_head weight (it is tied to the "
+                     "embedding, which is never quantized)")
     if not selection.quantized:
         notes.append("no Linear weight was quantized; the output holds the source weights")
     return ConversionSummary(

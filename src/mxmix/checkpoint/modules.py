@@ -119,9 +119,8 @@ def linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
             if parts[k - 1] != "experts" or proj.endswith(STACKED_SUFFIXES) or "bias" in proj:
                 continue
             module = ".".join([*parts[:k - 1], "experts"])
-            base = ".".join(parts[:k])
-            candidates = ([f"{base}.weight_scale_inv", f"{base}.weight_scale"] if tail == "weight"
-                          else [f"{base}_scale_inv", f"{base}_scale"])
+            candidates = ([f"{name[:-len('.weight')]}.weight_scale_inv", f"{name[:-len('.weight')]}.weight_scale"]
+                          if tail == "weight" else [f"{name}_scale_inv", f"{name}_scale"])
             scale = next((c for c in candidates if c in tensors), None)
             out.append(LinearModule(module, name, info.dtype, tuple(info.shape), layer_index(parts[:k]),
                                     f"experts.{proj}", scale, True, None,

@@ -164,9 +164,16 @@ def select_modules(modules: Sequence[Any], config: dict[str, Any] | None, opts: 
     last = set(range(num_layers - opts.keep_last, num_layers)) if opts.keep_last and num_layers else set()
 
     compiled = None
+    notes: list[str] = []
     if opts.keep:
         from mxmix.rules import compile_rules
+        from mxmix.rules.lint import lint
 
+        for finding in lint(list(opts.keep)):
+            if finding.severity == "error":
+                raise MxmixError(f"--keep rule {finding.rule!r}: {finding.message}")
+            if finding.severity == "warning":
+                notes.append(f"--keep rule {finding.rule!r}: {finding.message}")
         compiled = compile_rules(list(opts.keep))
 
     choices: list[ModuleChoice] = []
@@ -175,8 +182,10 @@ def select_modules(modules: Sequence[Any], config: dict[str, Any] | None, opts: 
                             True, "quantize")
         decided = _decide_one(base, compiled, first, last, opts)
         choices.append(decided)
-    choices, notes = _make_consistent(choices)
-    return Selection(choices, num_layers, notes)
+    used = {c.detail for c in choices if c.reason == "keep-rule"}
+    notes += [f"--keep rule {r!r} matched no Linear module" for r in dict.fromkeys(opts.keep) if r not in used]
+    choices, grown = _make_consistent(choices)
+    return Selection(choices, num_layers, notes + grown)
 
 
 def _decide_one(c: ModuleChoice, compiled: Any, first: set[int], last: set[int],

@@ -126,7 +126,8 @@ def paired_kld_difference(a: st.TokenScores, b: st.TokenScores) -> dict[str, flo
     """Mean of per-token KLD(b) − KLD(a) on the same tokens, its SE and z: 'measurably worse' when z ≫ 2."""
     d = b.kld - a.kld
     mean, se = st.mean_and_uncertainty(d)
-    return {"difference": mean, "se": se, "z": mean / se if se > 0 else float("inf") * np.sign(mean)}
+    z = mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+    return {"difference": mean, "se": se, "z": z}
 
 
 class ReferenceSide:

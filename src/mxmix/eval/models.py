@@ -118,8 +118,7 @@ def _load_dequantized(ckpt: Checkpoint, device: str, dtype: Any) -> Any:
     model_type = cfg.pop("model_type", None)
     with quiet_transformers():
         config = AutoConfig.for_model(model_type, **cfg)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     state = {}
     for name in ckpt.tensors:
         if any(name.endswith("." + s) for s in SCALE_SUFFIXES):
@@ -133,9 +132,9 @@ def _load_dequantized(ckpt: Checkpoint, device: str, dtype: Any) -> Any:
                 raise MxmixError(f"{ckpt.root}: {name} is FP8 but has no scale tensor")
             t = dequantize(t, scale, dtype=dtype, block_size=32)
         state[name] = t.to(dtype)
-    model.load_state_dict(state, strict=False, assign=True)
+    result = model.load_state_dict(state, strict=False)
     model.tie_weights()
-    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    missing = [n for n in result.missing_keys if not (n == "lm_head.weight" and config.tie_word_embeddings)]
     if missing:
         raise MxmixError(f"{ckpt.root}: the checkpoint lacks {missing[0]} (and {len(missing) - 1} more)")
     return model.to(device).eval()

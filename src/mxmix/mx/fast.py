@@ -35,10 +35,11 @@ def _as_blocks(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, int]:
     return x2.contiguous(), padded
 
 
-def _chunk_elements(x: torch.Tensor, block_size: int) -> int:
-    if x.device.type != "cpu":
-        return x.numel()  # one pass on accelerators: launches, not caches, are the cost there
-    return max(block_size, CHUNK_ELEMENTS // block_size * block_size)
+def _chunk_elements(device: torch.device, total: int, block_size: int) -> int:
+    """Elements per chunk: a whole number of blocks, at most ``total`` (a multiple of ``block_size``)."""
+    if device.type != "cpu":
+        return total  # one pass on accelerators: launches, not caches, are the cost there
+    return min(total, max(block_size, CHUNK_ELEMENTS // block_size * block_size))
 
 
 def quantize(x: torch.Tensor, block_size: int = 32, scale_mode: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +52,7 @@ def quantize(x: torch.Tensor, block_size: int = 32, scale_mode: str = "rceil") -
     q = torch.empty(total, dtype=torch.float8_e4m3fn, device=x.device)
     sbytes = torch.empty(total // block_size, dtype=torch.uint8, device=x.device)
 
-    chunk = min(_chunk_elements(x, block_size), total)
+    chunk = _chunk_elements(x.device, total, block_size)
     is_bf16 = x.dtype == torch.bfloat16
     work_dtype = torch.bfloat16 if is_bf16 else torch.float32
     bits_dtype = torch.int16 if is_bf16 else torch.int32
@@ -113,7 +114,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
     work = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
     out = torch.empty(qb.shape, dtype=work, device=q.device)
     factor = factor.to(work).unsqueeze(1)
-    chunk_blocks = max(1, _chunk_elements(q, block_size) // block_size)
+    chunk_blocks = _chunk_elements(q.device, qb.numel(), block_size) // block_size
     for b0 in range(0, qb.shape[0], chunk_blocks):
         b1 = b0 + chunk_blocks
         o = out[b0:b1]

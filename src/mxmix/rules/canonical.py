@@ -10,25 +10,36 @@
 * fused module (``qkv_proj`` …) — kept if matched itself or if all its shards are; a partial set of
   shards is an error naming them.
 * FusedMoE ``…experts`` module — kept if it or an ancestor is matched; rules that reach only some
-  experts / expert projections under it are an error.
+  experts / expert projections under it are an error. Plain rules are checked exactly; ``re:`` and
+  glob rules are caught when their literal text extends the module path (``…experts.7.``) or when
+  they match a probe child (experts 0–3, every projection, stacked tensors).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mxmix.errors import MxmixError
 from mxmix.rules.decision import ERROR, KEEP, QUANTIZE
-from mxmix.rules.primitives import Backend, _min
+from mxmix.rules.primitives import (
+    GLOB_ANCESTORS,
+    MATCH,
+    Backend,
+    _min,
+    dotted_ancestors,
+    glob_literal_prefix,
+    regex_literal_prefix,
+)
 from mxmix.rules.reading import PathReading, Verdict
 
 GLOB_CHARS = frozenset("*?[")
 # Children a FusedMoE module stands for: per-expert projections and stacked 3-D tensors.
 EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj", "gate_up_proj", "w1", "w2", "w3")
 STACKED_EXPERT_TENSORS = ("gate_up_proj", "down_proj", "gate_proj", "up_proj", "w13_weight", "w2_weight")
-PROBED_EXPERTS = 128  # regex/glob rules are probed against experts 0..127 of a FusedMoE
+PROBED_EXPERTS = 4  # regex/glob rules are also probed against experts 0..3 of a FusedMoE
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,7 @@ def classify(rule: str) -> RuleForm:
     return RuleForm("plain", text)
 
 
-def ancestors(path: str) -> list[str]:
-    """``a.b.c`` -> ``["a.b.c", "a.b", "a"]``: the path and every dotted ancestor."""
-    parts = path.split(".")
-    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+ancestors = dotted_ancestors
 
 
 def _is_expert_child(parts: Sequence[str]) -> bool:
@@ -82,7 +90,15 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
     if regex.failure is not None:
         i = regex.failure.index
         raise MxmixError(f"rule {rules[i]!r} is not a valid regex ({regex.failure.message.removeprefix('re.error: ')})")
-    glob = backend.glob([(i, f.text) for i, f in enumerate(forms) if f.kind == "glob"])
+    # regex and glob rules answered together (one combined pattern per bucket chain)
+    patterns = backend.patterns(sorted([(i, f.text, MATCH) for i, f in enumerate(forms) if f.kind == "regex"]
+                                       + [(i, f.text, GLOB_ANCESTORS) for i, f in enumerate(forms)
+                                          if f.kind == "glob"]))
+    # regex/glob rules whose literal text already reaches below a module ("…experts.7.") : sorted
+    # literal prefixes, searched by bisection for those that extend a FusedMoE path
+    literal = sorted((regex_literal_prefix(f.text) if f.kind == "regex" else glob_literal_prefix(f.text), i)
+                     for i, f in enumerate(forms) if f.kind in ("regex", "glob"))
+    literal_keys = [k for k, _ in literal]
     # Plain rules that reach *below* a FusedMoE module: key = the part of the rule that must be a
     # suffix of the module path's components (possibly empty), the rest an expert child.
     child_entries = []
@@ -95,15 +111,10 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
 
     def direct(path: str) -> tuple[int | None, str]:
         parts = tuple(path.split("."))
-        p_hit = plain.first(parts)
-        r_hit = regex.first(path)
-        g_hit = None
-        g_anc = ""
-        for anc in ancestors(path):
-            h = glob.first(anc)
-            if h is not None and (g_hit is None or h < g_hit):
-                g_hit, g_anc = h, anc
-        best = _min(_min(p_hit, r_hit), g_hit)
+        best = plain.first(parts)
+        h = patterns.first(path, parts)
+        if h is not None and (best is None or h < best):
+            best = h
         if best is None:
             return None, ""
         kind = forms[best].kind
@@ -112,7 +123,7 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
         elif kind == "regex":
             why = f"regex rule {rules[best]!r} matches the start of the path"
         else:
-            why = f"glob rule {rules[best]!r} matches {'the path' if g_anc == path else 'its ancestor ' + g_anc}"
+            why = f"glob rule {rules[best]!r} matches the path or one of its dotted ancestors"
         return best, why
 
     def reading(path: str) -> Verdict:
@@ -144,8 +155,13 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
             for s in suffixes:
                 reach = _min(reach, children.first(s))
             if reach is None and has_patterns:
+                k = bisect.bisect_left(literal_keys, path + ".")
+                while k < len(literal) and literal_keys[k].startswith(path + "."):
+                    reach = _min(reach, literal[k][1])
+                    k += 1
+            if reach is None and has_patterns:
                 for child in _probe_children(path):
-                    h = _min(regex.first(child), glob.first(child))
+                    h = patterns.first(child)
                     if h is not None:
                         reach = h
                         break

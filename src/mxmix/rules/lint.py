@@ -96,31 +96,36 @@ def _form_findings(rule: str, engines: Sequence[str]) -> list[LintFinding]:
     return out
 
 
-def _kept_set(rule: str, engine: str, modules: Sequence[str], runtime: dict[str, str]) -> dict[str, str]:
-    """module -> "keep"/"error" for the modules this single rule affects under ``engine``."""
+def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
+               runtime: dict[str, str]) -> dict[str, tuple[str, str | None]] | None:
+    """module -> (decision, deciding rule) for the whole list under ``engine`` (None: list unusable)."""
     from mxmix.errors import MxmixError
     from mxmix.rules import compile_rules
 
     try:
-        compiled = compile_rules([rule], engine)
+        compiled = compile_rules(list(rules), engine)
     except MxmixError:
-        return {}
+        return None
     use_runtime = get_engine(engine).runtime_names
-    out: dict[str, str] = {}
-    cache: dict[str, str] = {}
+    cache: dict[str, tuple[str, str | None]] = {}
+    out: dict[str, tuple[str, str | None]] = {}
     for m in modules:
         asked = runtime[m] if use_runtime else m
         if asked not in cache:
-            cache[asked] = compiled.decide(asked).decision
-        if cache[asked] in (KEEP, ERROR):
-            out[m] = cache[asked]
+            d = compiled.decide(asked)
+            cache[asked] = (d.decision, d.rule)
+        out[m] = cache[asked]
     return out
+
+
+def _word(decision: str) -> str:
+    return {KEEP: "kept", ERROR: "error"}.get(decision, "quantized")
 
 
 def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
          engines: Sequence[str] | None = None) -> list[LintFinding]:
     """Findings for ``rules``; with ``modules`` (a checkpoint's Linear module paths) also dead rules and
-    rules whose effect differs between ``engines`` (default: every reading) on that checkpoint."""
+    rules whose effect differs between ``engines`` (default: every reading, against canonical) there."""
     from mxmix.rules.plan import runtime_path_map
 
     chosen = list(engines or [])
@@ -136,33 +141,44 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
         findings.extend(_form_findings(rule, chosen))
     if modules is None:
         return findings
-    modules = list(modules)
+    modules = list(dict.fromkeys(modules))
     runtime = runtime_path_map(modules)
-    compare = chosen or [e for e in ENGINES if e != "canonical"]
     for rule in dict.fromkeys(rules):
         if classify(rule).kind == "invalid":
             continue
-        canonical = _kept_set(rule, "canonical", modules, runtime)
-        if not canonical:
-            findings.append(LintFinding(WARNING, "dead-rule", rule, "matches no Linear module of the checkpoint "
-                                                                    "(canonical reading)"))
-        effects = {e: _kept_set(rule, e, modules, runtime) for e in compare}
-        if len(compare) < 2 and not chosen:
+        alone = _decisions([rule], "canonical", modules, runtime)
+        if alone is not None and not any(d in (KEEP, ERROR) for d, _ in alone.values()):
+            findings.append(LintFinding(WARNING, "dead-rule", rule,
+                                        "matches no Linear module of the checkpoint (canonical reading)"))
+    base = chosen[0] if chosen else "canonical"
+    others = chosen[1:] if chosen else [e for e in ENGINES if e != "canonical"]
+    base_map = _decisions(rules, base, modules, runtime)
+    if base_map is None or not others:
+        return findings
+    # (rule or None) -> engine -> [(module, base outcome, engine outcome)]
+    diffs: dict[str | None, dict[str, list[tuple[str, str, str]]]] = {}
+    for e in others:
+        emap = _decisions(rules, e, modules, runtime)
+        if emap is None:
             continue
-        baseline = effects[compare[0]] if chosen else canonical
-        base_name = compare[0] if chosen else "canonical"
-        differing = []
-        for e in compare:
-            if effects[e] != baseline:
-                diff = sorted(set(effects[e].items()) ^ set(baseline.items()))
-                example = ", ".join(f"{m} ({'error' if s == ERROR else 'kept'} by "
-                                    f"{e if (m, s) in effects[e].items() else base_name})"
-                                    for m, s in diff[:MAX_EXAMPLES])
-                differing.append(f"{e}: {len(diff)} module(s) differ, e.g. {example}")
-        if differing:
-            findings.append(LintFinding(WARNING, "engine-divergence", rule,
-                                        f"means something different in {len(differing)} engine(s) than in "
-                                        f"{base_name} on this checkpoint — " + "; ".join(differing)))
+        for m in modules:
+            (bd, br), (ed, er) = base_map[m], emap[m]
+            if bd != ed:
+                culprit = er if er is not None else br
+                diffs.setdefault(culprit, {}).setdefault(e, []).append((m, _word(bd), _word(ed)))
+    for culprit, per_engine in diffs.items():
+        parts = []
+        for e, items in per_engine.items():
+            examples = ", ".join(f"{m} ({b} in {base}, {o} in {e})" for m, b, o in items[:MAX_EXAMPLES])
+            parts.append(f"{e}: {len(items)} module(s), e.g. {examples}")
+        if culprit is None:
+            findings.append(LintFinding(INFO, "engine-default", None,
+                                        "engines differ on modules no rule decides (engine defaults or "
+                                        "shard errors) — " + "; ".join(parts)))
+        else:
+            findings.append(LintFinding(WARNING, "engine-divergence", culprit,
+                                        f"means something different in {len(per_engine)} engine(s) than in "
+                                        f"{base} on this checkpoint — " + "; ".join(parts)))
     return findings
 
 

@@ -24,6 +24,8 @@ Entry = tuple[int, Any]
 
 _DEFAULT_FLAGS = re.compile("").flags
 _REGEX_META = set(".^$*+?{}[]|()")
+# numbered / named back-references and conditionals: not safe to renumber inside one alternation
+_REFERENCES = re.compile(r"\\\d|\(\?P=|\(\?\(")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ def _min(a: int | None, b: int | None) -> int | None:
 
 # ---------------------------------------------------------------------------------------------
 # Per-rule predicates: the plain definitions the reference form loops over.
+
+def dotted_ancestors(path: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b.c", "a.b", "a"]``: the path and every dotted ancestor."""
+    parts = path.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
 
 def component_run(rule_parts: tuple[str, ...], path_parts: tuple[str, ...]) -> bool:
     """The rule's dotted components form a contiguous run of the path's components."""
@@ -90,36 +98,6 @@ class Loop:
         return None
 
 
-class LoopRegex:
-    """``re.match`` (or ``re.fullmatch``) of each valid pattern, in order."""
-
-    def __init__(self, entries: Iterable[Entry], *, full: bool = False, glob: bool = False) -> None:
-        self.failure: RuleFailure | None = None
-        self.entries: list[tuple[int, str]] = []
-        self.full = full
-        self.glob = glob
-        for index, pattern in entries:
-            try:
-                re.compile(fnmatch.translate(pattern) if glob else pattern)
-            except re.error as exc:
-                if self.failure is None:
-                    self.failure = RuleFailure(index, f"re.error: {exc}")
-                continue
-            self.entries.append((index, pattern))
-
-    def first(self, subject: str) -> int | None:
-        for index, pattern in self.entries:
-            if self.glob:
-                hit = fnmatch.fnmatchcase(subject, pattern)
-            elif self.full:
-                hit = re.fullmatch(pattern, subject) is not None
-            else:
-                hit = re.match(pattern, subject) is not None
-            if hit:
-                return index
-        return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Indexed form.
 
@@ -132,29 +110,39 @@ def _first_table(entries: Iterable[Entry]) -> dict[Any, int]:
 
 
 class ComponentIndex:
-    """Contiguous component runs: a dict of component tuples, probed only where a rule could start."""
+    """Contiguous component runs: a trie of rule components, walked from every start position.
+
+    Each walk stops as soon as no rule continues, so a path costs about one dict lookup per
+    component plus one per component of the rules it actually shares a run with. A trie node is
+    ``(children, smallest rule index ending here or None)``.
+    """
 
     def __init__(self, entries: Iterable[Entry]) -> None:
-        self.table = _first_table(entries)
-        by_start: dict[str, set[int]] = {}
-        for key in self.table:
-            by_start.setdefault(key[0], set()).add(len(key))
-        self.lengths = {k: sorted(v) for k, v in by_start.items()}
+        self.root: dict[str, list[Any]] = {}
+        for index, key in entries:
+            children = self.root
+            node: list[Any] = []
+            for part in key:
+                node = children.setdefault(part, [{}, None])
+                children = node[0]
+            if node[1] is None or index < node[1]:
+                node[1] = index
 
-    def first(self, parts: tuple[str, ...]) -> int | None:
+    def first(self, parts: Sequence[str]) -> int | None:
         best: int | None = None
+        root = self.root
         n = len(parts)
-        table, lengths = self.table, self.lengths
         for i in range(n):
-            lens = lengths.get(parts[i])
-            if lens is None:
-                continue
-            for length in lens:
-                if i + length > n:
-                    break
-                hit = table.get(parts[i:i + length])
+            node = root.get(parts[i])
+            j = i
+            while node is not None:
+                children, hit = node
                 if hit is not None and (best is None or hit < best):
                     best = hit
+                j += 1
+                if j == n:
+                    break
+                node = children.get(parts[j])
         return best
 
 
@@ -278,61 +266,99 @@ def glob_literal_prefix(pattern: str) -> str:
     return pattern[:cut]
 
 
-class RegexIndex:
-    """Start-anchored regexes (or globs) as one combined alternation per literal-prefix bucket.
+MATCH, FULL, GLOB, GLOB_ANCESTORS = "match", "fullmatch", "glob", "glob-ancestors"
 
-    Only patterns whose literal prefix is a prefix of the subject are tried; alternatives are in
-    rule order and each ends in an empty marker group, so the first alternative that matches —
-    the smallest rule index — is read off ``lastindex``. Patterns with their own groups or global
-    flags cannot be combined safely and are tried one by one.
+
+def pattern_source(pattern: str, mode: str) -> tuple[str, str]:
+    """(regex source equivalent to ``mode`` under ``re.match``, literal prefix every match starts with)."""
+    if mode == MATCH:
+        return pattern, regex_literal_prefix(pattern)
+    if mode == FULL:
+        return f"(?:{pattern})\\Z", regex_literal_prefix(pattern)
+    source = fnmatch.translate(pattern)  # "(?s:...)\Z": a full match
+    if mode == GLOB_ANCESTORS and source.endswith("\\Z"):
+        # ends at a dot or the end: fnmatch against the subject or any dotted ancestor
+        source = source[:-2] + r"(?=\.|\Z)"
+    return source, glob_literal_prefix(pattern)
+
+
+class RegexIndex:
+    """Start-anchored regexes and globs as one combined alternation per literal-prefix bucket.
+
+    A pattern can only match subjects that start with its literal prefix, so patterns are bucketed
+    by that prefix cut back to its last dot — a dotted ancestor of every subject it can match —
+    and a subject tries only the buckets on its own ancestor chain (found by walking a trie of
+    bucket keys). The chain's patterns form one alternation in rule order, each alternative ending
+    in an empty marker group, so the first alternative that matches — the smallest rule index —
+    is read off ``lastindex``. Patterns that cannot be renumbered safely (back-references) or that
+    set global flags are tried one by one.
+
+    ``entries`` are ``(rule index, pattern, mode)`` with mode match / fullmatch / glob / glob-ancestors.
     """
 
-    def __init__(self, entries: Iterable[Entry], *, full: bool = False, glob: bool = False) -> None:
+    def __init__(self, entries: Iterable[tuple[int, str, str]]) -> None:
         self.failure: RuleFailure | None = None
-        self.full = full
         self.single: list[tuple[int, Callable[[str], Any]]] = []
-        self.buckets: dict[str, list[tuple[int, str]]] = {}
-        for index, pattern in entries:
-            source = fnmatch.translate(pattern) if glob else pattern
+        self.buckets: dict[str, list[tuple[int, str, int]]] = {}
+        self.trie: list[Any] = [{}, None]  # [children, bucket key or None]
+        for index, pattern, mode in entries:
             try:
-                compiled = re.compile(source)
+                compiled = re.compile(fnmatch.translate(pattern) if mode in (GLOB, GLOB_ANCESTORS) else pattern)
             except re.error as exc:
-                if self.failure is None:
+                if self.failure is None or index < self.failure.index:
                     self.failure = RuleFailure(index, f"re.error: {exc}")
                 continue
-            if compiled.groups or compiled.flags != _DEFAULT_FLAGS:
-                self.single.append((index, compiled.fullmatch if full and not glob else compiled.match))
+            source, prefix = pattern_source(pattern, mode)
+            if compiled.flags != _DEFAULT_FLAGS or (compiled.groups and _REFERENCES.search(source)):
+                self.single.append((index, compiled.fullmatch if mode == FULL else re.compile(source).match
+                                    if mode != MATCH else compiled.match))
                 continue
-            if full and not glob:
-                source = f"(?:{source})\\Z"
-            prefix = glob_literal_prefix(pattern) if glob else regex_literal_prefix(pattern)
-            self.buckets.setdefault(prefix, []).append((index, source))
-        self.prefix_lengths = sorted({len(p) for p in self.buckets})
-        self.combined: dict[tuple[str, ...], tuple[re.Pattern[str], list[int]] | None] = {}
+            key = prefix[:max(prefix.rfind("."), 0)]
+            if key not in self.buckets:
+                node = self.trie
+                for part in key.split(".") if key else ():
+                    node = node[0].setdefault(part, [{}, None])
+                node[1] = key
+            self.buckets.setdefault(key, []).append((index, source, compiled.groups))
+        self.single.sort(key=lambda e: e[0])
+        self.combined: dict[tuple[str, ...], tuple[Callable[[str], Any], dict[int, int]] | None] = {}
 
-    def _combined(self, key: tuple[str, ...]) -> tuple[re.Pattern[str], list[int]] | None:
+    def _combined(self, key: tuple[str, ...]) -> tuple[Callable[[str], Any], dict[int, int]] | None:
         members = sorted(m for prefix in key for m in self.buckets[prefix])
-        source = "|".join(f"(?:{src})()" for _, src in members)
+        marker: dict[int, int] = {}
+        group = 0
+        for index, _, groups in members:
+            group += groups + 1
+            marker[group] = index
         try:
-            return re.compile(source), [index for index, _ in members]
+            return re.compile("|".join(f"(?:{src})()" for _, src, _ in members)).match, marker
         except (re.error, RecursionError, OverflowError):
-            return None  # fall back to one-by-one for this bucket chain
+            return None  # e.g. the same group name twice: fall back to one-by-one for this chain
 
-    def first(self, subject: str) -> int | None:
+    def first(self, subject: str, parts: Sequence[str] | None = None) -> int | None:
         best: int | None = None
-        key = tuple(subject[:n] for n in self.prefix_lengths
-                    if n <= len(subject) and subject[:n] in self.buckets)
-        if key:
-            if key not in self.combined:
-                self.combined[key] = self._combined(key)
-            combo = self.combined[key]
+        node = self.trie
+        chain = [node[1]] if node[1] is not None else []
+        if parts is None:
+            parts = subject.split(".")
+        for k in range(len(parts) - 1):
+            node = node[0].get(parts[k])
+            if node is None:
+                break
+            if node[1] is not None:
+                chain.append(node[1])
+        if chain:
+            key = tuple(chain)
+            combo = self.combined.get(key, False)
+            if combo is False:
+                combo = self.combined[key] = self._combined(key)
             if combo is not None:
-                m = combo[0].match(subject)
+                m = combo[0](subject)
                 if m is not None:
-                    best = combo[1][m.lastindex - 1]
+                    best = combo[1][m.lastindex]
             else:
                 for prefix in key:
-                    for index, src in self.buckets[prefix]:
+                    for index, src, _ in self.buckets[prefix]:
                         if (best is None or index < best) and re.match(src, subject):
                             best = index
         for index, matcher in self.single:
@@ -342,6 +368,36 @@ class RegexIndex:
                 best = index
                 break
         return best
+
+
+class LoopPatterns:
+    """Reference for mixed ``(index, pattern, mode)`` entries: each pattern tried in rule order."""
+
+    def __init__(self, entries: Iterable[tuple[int, str, str]]) -> None:
+        self.failure: RuleFailure | None = None
+        self.entries: list[tuple[int, str, str]] = []
+        for index, pattern, mode in sorted(entries, key=lambda e: e[0]):
+            try:
+                re.compile(fnmatch.translate(pattern) if mode in (GLOB, GLOB_ANCESTORS) else pattern)
+            except re.error as exc:
+                if self.failure is None:
+                    self.failure = RuleFailure(index, f"re.error: {exc}")
+                continue
+            self.entries.append((index, pattern, mode))
+
+    def first(self, subject: str, parts: Sequence[str] | None = None) -> int | None:
+        for index, pattern, mode in self.entries:
+            if mode == MATCH:
+                hit = re.match(pattern, subject) is not None
+            elif mode == FULL:
+                hit = re.fullmatch(pattern, subject) is not None
+            elif mode == GLOB:
+                hit = fnmatch.fnmatchcase(subject, pattern)
+            else:
+                hit = any(fnmatch.fnmatchcase(a, pattern) for a in dotted_ancestors(subject))
+            if hit:
+                return index
+        return None
 
 
 class Backend:
@@ -370,11 +426,19 @@ class Backend:
 
     def regex(self, entries: Sequence[Entry], *, full: bool = False) -> Any:
         """``re.match`` (``full``: ``re.fullmatch``) of each rule's pattern."""
-        return RegexIndex(entries, full=full) if self.indexed else LoopRegex(entries, full=full)
+        return self.patterns([(i, p, FULL if full else MATCH) for i, p in entries])
 
     def glob(self, entries: Sequence[Entry]) -> Any:
         """``fnmatch.fnmatchcase`` of each rule's glob against the whole subject."""
-        return RegexIndex(entries, glob=True) if self.indexed else LoopRegex(entries, glob=True)
+        return self.patterns([(i, p, GLOB) for i, p in entries])
+
+    def glob_ancestors(self, entries: Sequence[Entry]) -> Any:
+        """``fnmatch.fnmatchcase`` against the subject or any of its dotted ancestors."""
+        return self.patterns([(i, p, GLOB_ANCESTORS) for i, p in entries])
+
+    def patterns(self, entries: Sequence[tuple[int, str, str]]) -> Any:
+        """Mixed regex / glob entries ``(index, pattern, mode)`` answered together."""
+        return RegexIndex(entries) if self.indexed else LoopPatterns(entries)
 
 
 REFERENCE = Backend(indexed=False)

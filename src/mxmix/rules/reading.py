@@ -78,11 +78,15 @@ class BoundReading:
 
     def decide(self, path: str) -> Decision:
         outcome, index, reason = self.reading(path)
-        rule = self.rules[index] if index is not None else None
-        return Decision(path=path, engine=self.engine, decision=outcome, rule=rule, reason=reason)
+        return Decision(path, self.engine, outcome, None if index is None else self.rules[index], reason)
 
     def decide_many(self, paths: Sequence[str]) -> list[Decision]:
-        return [self.decide(p) for p in paths]
+        reading, rules, engine = self.reading, self.rules, self.engine
+        out = []
+        for p in paths:
+            outcome, index, reason = reading(p)
+            out.append(Decision(p, engine, outcome, None if index is None else rules[index], reason))
+        return out
 
 
 def kept(index: int, reason: str) -> Verdict:

@@ -37,6 +37,10 @@ class Backend:
         self.eos_ids = set(eos if isinstance(eos, list | tuple) else [eos] if eos is not None else [])
         self.lock = threading.Lock()
         self.cancel = threading.Event()
+        import inspect
+
+        # transformers 5.2x names the KV-cache argument/field ``cache``; older releases ``past_key_values``
+        self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @property
     def device(self) -> Any:
@@ -71,8 +75,8 @@ class Backend:
             for _ in range(max_tokens):
                 if self.cancel.is_set():
                     break
-                res = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
-                past = res.past_key_values
+                res = self.model(input_ids=inputs, use_cache=True, **{self._cache_name: past})
+                past = getattr(res, self._cache_name)
                 logits = res.logits[0, -1].float()
                 tok = self._pick(torch, logits, temperature, top_p, gen)
                 if tok in self.eos_ids:

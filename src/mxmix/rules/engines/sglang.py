@@ -56,7 +56,7 @@ def _fp8_skipped(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backen
     experts = backend.contained_in([(i, r) for i, r in entries if "experts" in r])
 
     def skipped(path: str) -> Verdict:
-        proj = path.split(".")[-1]
+        proj = path[path.rfind(".") + 1:]
         if proj in fused:
             shards = shard_paths_replace(path, proj, fused[proj])
             return agree_on_shards(path, shards, [test(s) for s in shards], rules)

@@ -37,24 +37,42 @@ def _e8m0_to_f32(sb):
 
 
 @triton.jit
-def _store_result(acc, out_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, stride_os, pid_k,
-                  HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr):
+def _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, pid_k, split,
+            HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """Write the result; with SPLIT, park the partial sum and let the last program of the tile reduce.
+
+    The last-arriving program (an acq_rel atomic on a per-tile counter) sums the fp32 partials in a
+    fixed order, so the result does not depend on arrival order; it then resets the counter, which
+    keeps the launch capturable in a CUDA graph.
+    """
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if DIRECT:
+    if SPLIT:
+        tile = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k * M * N + tile, acc, mask=mask)
+        tl.debug_barrier()
+        count = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if count == split - 1:
+            total = tl.zeros_like(acc)
+            for s in range(0, split):
+                total += tl.load(ws_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                bias = tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+                total = total + bias[None, :]
+            ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+            tl.store(ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+    else:
         if HAS_BIAS:
             bias = tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
             acc = acc + bias[None, :]
         ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
         tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        ptrs = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :]
-        tl.store(ptrs, acc, mask=mask)
 
 
 @triton.jit
-def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr,
-                       M, N, K, stride_xm, stride_om, stride_os, k_per_split,
-                       HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, EVEN_K: tl.constexpr,
+def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
+                       M, N, K, stride_xm, stride_om, k_per_split, split,
+                       HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -65,7 +83,6 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr,
     offs_kb = tl.arange(0, KB)
     offs_e = tl.arange(0, 32)
     n_ok = offs_n < N
-    m_ok = offs_m < M
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
@@ -98,13 +115,14 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr,
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
         s_ptrs += KB
-    _store_result(acc, out_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, stride_os, pid_k, HAS_BIAS, DIRECT)
+    _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, pid_k, split,
+            HAS_BIAS, SPLIT)
 
 
 @triton.jit
-def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr,
-                       M, N, K, stride_xm, stride_om, stride_os, k_per_split,
-                       HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, EVEN_K: tl.constexpr,
+def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
+                       M, N, K, stride_xm, stride_om, k_per_split, split,
+                       HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -133,25 +151,22 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr,
                 w = tl.load(w_ptrs + j * 32, mask=(kj + offs_e[:, None]) < k_end, other=0.0)
                 x = tl.load(x_ptrs + j * 32, mask=m_ok[:, None] & ((kj + offs_e[None, :]) < k_end), other=0.0)
                 sb = tl.load(s_ptrs + j, mask=(kj < k_end) & n_ok, other=127)
-            part = tl.dot(x, w.to(tl.bfloat16))
-            acc += part * _e8m0_to_f32(sb)[None, :]
+            # E4M3 -> FP16 is one exact hardware conversion per two elements (BF16 would need a second,
+            # quarter-rate one). The activation block is moved exactly into FP16's range by a power of
+            # two 2^k chosen from its own max (|x| * 2^k in [2^14, 2^15)); bf16 values more than 2^31
+            # below that max lose bits, a contribution far below the fp32 accumulation error.
+            xf = x.to(tl.float32)
+            amax_bits = tl.max(tl.abs(xf), axis=1).to(tl.int32, bitcast=True)
+            biased_k = tl.minimum(tl.maximum(268 - (amax_bits >> 23), 9), 253)       # k + 127
+            up = (biased_k << 23).to(tl.float32, bitcast=True)                        # 2^k
+            down = ((254 - biased_k) << 23).to(tl.float32, bitcast=True)              # 2^-k
+            part = tl.dot((xf * up[:, None]).to(tl.float16), w.to(tl.float16))
+            acc += part * down[:, None] * _e8m0_to_f32(sb)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
         s_ptrs += KB
-    _store_result(acc, out_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, stride_os, pid_k, HAS_BIAS, DIRECT)
-
-
-@triton.jit
-def _splitk_reduce_kernel(ws_ptr, b_ptr, out_ptr, total, N, SPLIT_K: tl.constexpr,
-                          HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < total
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(ws_ptr + s * total + offs, mask=ok, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+    _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, pid_k, split,
+            HAS_BIAS, SPLIT)
 
 
 @dataclass(frozen=True)
@@ -178,22 +193,32 @@ _SM_COUNT: dict[int, int] = {}
 
 
 def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
-    """Heuristic launch configuration: enough programs to cover ~2 waves of SMs, K split when N is small."""
-    kind = "fma" if m <= 2 else "mma"
-    if kind == "fma":
-        block_n, block_k, warps = 32, 256, 4
+    """Heuristic launch configuration: K is split until the tiles cover about two waves of SMs."""
+    if m == 1:
+        kind, block_n, block_k, warps, waves = "fma", 16, 512 if k >= 4096 else 256, 4, 2
     else:
-        block_n, block_k, warps = 64, 128, 4
-    programs_n = triton.cdiv(n, block_n)
+        kind, block_n, block_k, warps, waves = "mma", 64, 128, 4, 4
+    tiles = triton.cdiv(n, block_n)
     split = 1
-    target = 2 * sm_count
-    while programs_n * split < target and k // (split * 2) >= 4 * block_k:
+    while tiles * split < waves * sm_count and k // (split * 2) >= 2 * block_k:
         split *= 2
     return DecodeConfig(kind, block_n, block_k, split, warps, 3)
 
 
 # Tests set this to fill split-K workspaces with NaN, so a partial sum that is never written shows up.
 POISON_WORKSPACE = False
+MAX_TILES = 1 << 16
+_COUNTERS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _tile_counters(device: torch.device) -> torch.Tensor:
+    """Per-(device, stream) zeroed int32 counters for the split-K reduction (kernels reset them)."""
+    stream = torch.cuda.current_stream(device)
+    key = (device.index or 0, stream.cuda_stream)
+    cnt = _COUNTERS.get(key)
+    if cnt is None:
+        cnt = _COUNTERS[key] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+    return cnt
 
 
 def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -208,28 +233,24 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)
+    tiles = triton.cdiv(n, cfg.block_n)
+    if split > 1 and tiles > MAX_TILES:
+        split, k_per_split = 1, triton.cdiv(k, cfg.block_k) * cfg.block_k
     even_k = k % cfg.block_k == 0 and k_per_split * split == k
     if out is None:
         out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    direct = split == 1
-    if direct:
-        target = out
-    elif POISON_WORKSPACE:
-        target = torch.full((split, m, n), float("nan"), device=x.device, dtype=torch.float32)
+    if split == 1:
+        ws, cnt = out, out
     else:
-        target = torch.empty((split, m, n), device=x.device, dtype=torch.float32)
+        fill = torch.full if POISON_WORKSPACE else None
+        ws = (fill((split, m, n), float("nan"), device=x.device, dtype=torch.float32) if fill
+              else torch.empty((split, m, n), device=x.device, dtype=torch.float32))
+        cnt = _tile_counters(x.device)
     kernel = _decode_fma_kernel if cfg.kind == "fma" else _decode_mma_kernel
     has_bias = bias is not None
-    grid = (triton.cdiv(n, cfg.block_n), split)
-    kernel[grid](x, weight, scale, bias if has_bias else out, target,
-                 m, n, k, x.stride(0), n, m * n, k_per_split,
-                 HAS_BIAS=has_bias and direct, DIRECT=direct, EVEN_K=even_k,
-                 BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if not direct:
-        total = m * n
-        block = 1024
-        _splitk_reduce_kernel[(triton.cdiv(total, block),)](
-            target, bias if has_bias else out, out, total, n, SPLIT_K=split, HAS_BIAS=has_bias,
-            BLOCK=block, num_warps=4)
+    kernel[(tiles, split)](x, weight, scale, bias if has_bias else out, out, ws, cnt,
+                           m, n, k, x.stride(0), out.stride(0), k_per_split, split,
+                           HAS_BIAS=has_bias, SPLIT=split > 1, EVEN_K=even_k,
+                           BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

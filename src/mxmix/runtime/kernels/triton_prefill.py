@@ -27,8 +27,15 @@ from mxmix.runtime.kernels.triton_decode import _e8m0_to_f32
 
 @triton.jit
 def _dequant_kernel(w_ptr, s_ptr, out_ptr, N, K,
-                    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[N, K] (bf16/fp16) = e4m3(w) * 2^(s - 127), one [BLOCK_R, BLOCK_K] tile per program."""
+                    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT_DECODE: tl.constexpr):
+    """out[N, K] (bf16/fp16) = e4m3(w) * 2^(s - 127), one [BLOCK_R, BLOCK_K] tile per program.
+
+    The E4M3 byte is decoded with integer operations instead of the quarter-rate conversion
+    instructions: placing sign and exponent/mantissa bits into an fp32 word gives e4m3 * 2^-120 exactly
+    (subnormals included, as fp32 subnormals), then two exact power-of-two multiplies apply 2^120 and
+    the block scale; the only rounding is the final cast. ``INT_DECODE=False`` uses the hardware
+    conversion (E4M3 -> FP16 -> FP32) instead.
+    """
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
     KB: tl.constexpr = BLOCK_K // 32
@@ -38,18 +45,29 @@ def _dequant_kernel(w_ptr, s_ptr, out_ptr, N, K,
     e = tl.arange(0, 32)
     koff = kb[None, :, None] * 32 + e[None, None, :]
     mask3 = (rows[:, None, None] < N) & (koff < K)
-    w = tl.load(w_ptr + rows[:, None, None] * K + koff, mask=mask3, other=0.0)
     sb = tl.load(s_ptr + rows[:, None] * KS + kb[None, :], mask=(rows[:, None] < N) & (kb[None, :] < KS), other=127)
-    val = w.to(tl.float32) * _e8m0_to_f32(sb)[:, :, None]
+    if INT_DECODE:
+        w = tl.load(w_ptr.to(tl.pointer_type(tl.uint8)) + rows[:, None, None] * K + koff, mask=mask3, other=0)
+        b = w.to(tl.int32)
+        bits = ((b & 0x80) << 24) | ((b & 0x7F) << 20)
+        wf = bits.to(tl.float32, bitcast=True) * 1.329227995784916e36  # * 2^120
+    else:
+        wf = tl.load(w_ptr + rows[:, None, None] * K + koff, mask=mask3, other=0.0).to(tl.float32)
+    val = wf * _e8m0_to_f32(sb)[:, :, None]
     tl.store(out_ptr + rows[:, None, None] * K + koff, val.to(out_ptr.dtype.element_ty), mask=mask3)
 
 
-def dequantize_to(weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+DEQUANT_CONFIG = {"block_r": 32, "block_k": 512, "num_warps": 8, "int_decode": True}
+
+
+def dequantize_to(weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor,
+                  config: dict | None = None) -> torch.Tensor:
     """Exact MXFP8 -> ``out.dtype`` dequantization on the GPU into a caller-provided [N, K] buffer."""
+    cfg = config or DEQUANT_CONFIG
     n, k = weight.shape
-    block_r, block_k = 16, 256
-    grid = (triton.cdiv(n, block_r), triton.cdiv(k, block_k))
-    _dequant_kernel[grid](weight, scale, out, n, k, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=4)
+    grid = (triton.cdiv(n, cfg["block_r"]), triton.cdiv(k, cfg["block_k"]))
+    _dequant_kernel[grid](weight, scale, out, n, k, BLOCK_R=cfg["block_r"], BLOCK_K=cfg["block_k"],
+                          INT_DECODE=cfg["int_decode"], num_warps=cfg["num_warps"])
     return out
 
 
