@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,8 @@ def test_keep_first_last_and_file(make_synthetic, tmp_path: Path) -> None:
     assert by_layer == {0: {"keep-first"}, 2: {"keep-rule"}, 3: {"keep-last"}, 4: {"keep-last"}}
     assert len([m for m in s.kept if m.layer == 2]) == 1
     assert s.num_layers == 5
+    text = s.format_text()
+    assert "keep-last: layers 3-4 (all 7)" in text and "keep-rule: layer 2: mlp.down_proj" in text
 
 
 def test_keep_file_formats(tmp_path: Path) -> None:
@@ -233,6 +236,9 @@ def test_side_files_copied_pickles_not(make_synthetic, tmp_path: Path) -> None:
     assert (dst / "tokenizer.json").read_text() == '{"x": 1}'
     assert not (dst / "pytorch_model.bin").exists() and not (dst / "original").exists()
     assert any("pytorch_model.bin" in f for f in s.skipped_files)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~mask  # an ordinary directory, not mkdtemp's 0700
 
 
 def test_allow_nonfinite_encodes_nan_blocks(make_synthetic, tmp_path: Path) -> None:
@@ -279,3 +285,42 @@ def test_cuda_device_writes_the_same_bytes(make_synthetic, tmp_path: Path) -> No
     assert s.device == "cuda"
     cpu, gpu = (tmp_path / "cpu" / "model.safetensors").read_bytes(), (tmp_path / "gpu" / "model.safetensors").read_bytes()
     assert cpu == gpu
+
+
+def test_fp32_and_fp16_sources(make_synthetic, tmp_path: Path) -> None:
+    """F32/F16 weights are quantized from their own values; F32 tensors kept as F32, 4-byte aligned."""
+    from safetensors.torch import load_file, save_file
+
+    from mxmix.checkpoint.safetensors_header import read_header
+
+    src_dir = make_synthetic("mixed", layers=1)
+    t = load_file(str(src_dir / "model.safetensors"))
+    t["model.layers.0.self_attn.q_proj.weight"] = torch.randn(64, 64, dtype=torch.float32) * 3
+    t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"].half()
+    t["model.layers.0.input_layernorm.weight"] = torch.rand(64, dtype=torch.float32) + 0.5
+    t["model.norm.weight"] = torch.rand(64, dtype=torch.float32)
+    save_file(t, str(src_dir / "model.safetensors"))
+    quantize_checkpoint(src_dir, tmp_path / "out")
+    out = load_tensors(tmp_path / "out")
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
+        _check_quantized(out, t, name, name + "_scale_inv")
+    assert out["model.norm.weight"].dtype == torch.float32 and torch.equal(out["model.norm.weight"], t["model.norm.weight"])
+    for info in read_header(tmp_path / "out" / "model.safetensors").tensors.values():
+        assert info.begin % {"F32": 4, "BF16": 2}.get(info.dtype, 1) == 0, info.name
+
+
+def test_k_major_stacked_experts_stay_bf16(make_synthetic, tmp_path: Path) -> None:
+    """GPT-OSS-style [E, K, N] expert tensors would be blocked along the wrong axis: kept and reported."""
+    from safetensors.torch import load_file, save_file
+
+    src_dir = make_synthetic("kmajor", layers=1, moe="stacked", experts=2)
+    t = load_file(str(src_dir / "model.safetensors"))
+    for proj in ("gate_up_proj", "down_proj"):
+        name = f"model.layers.0.mlp.experts.{proj}"
+        t[name] = t[name].transpose(1, 2).contiguous()
+    save_file(t, str(src_dir / "model.safetensors"))
+    s = quantize_checkpoint(src_dir, tmp_path / "out")
+    reasons = {m.weight: m.reason for m in s.modules if m.stacked}
+    assert reasons == dict.fromkeys(("model.layers.0.mlp.experts.down_proj",
+                                     "model.layers.0.mlp.experts.gate_up_proj"), "experts-k-major")
+    assert "model.layers.0.mlp.experts" in s.skip_list

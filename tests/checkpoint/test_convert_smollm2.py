@@ -42,73 +42,67 @@ def test_mixed_checkpoint_layout(smollm2_bf16: Path, smollm2_mixed: Path) -> Non
     assert plan.disagreements() == dict.fromkeys(plan.engines, 0)
 
 
-def _substituted_logits(smollm2_bf16: Path, stored: dict[str, torch.Tensor], scale_suffix: str,
-                        ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the BF16 model before and after substituting mxmix's dequantization of ``stored``."""
+@pytest.fixture(scope="module")
+def expected_logits(smollm2_bf16: Path, smollm2_mixed: Path) -> dict[str, torch.Tensor]:
+    """Token ids, and logits of the BF16 model before and after substituting mxmix's dequantized weights."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
+    stored = load_tensors(smollm2_mixed)
     reference = AutoModelForCausalLM.from_pretrained(smollm2_bf16, dtype=torch.bfloat16).eval()
-    scale_of = {name[: -len(scale_suffix)] + ".weight": name for name in stored if name.endswith(scale_suffix)}
-    substituted = {w: mx.dequantize(stored[w], stored[s], torch.bfloat16) for w, s in scale_of.items()}
+    substituted = {name[: -len("_scale_inv")]: mx.dequantize(stored[name[: -len("_scale_inv")]], stored[name])
+                   for name in stored if name.endswith(".weight_scale_inv")}
     assert len(substituted) == (LAYERS - 6) * 7
+    ids = torch.randint(0, reference.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = reference(ids).logits.float()
         _, unexpected = reference.load_state_dict(substituted, strict=False)
         assert not unexpected
-        return before, reference(ids).logits.float()
+        return {"ids": ids, "bf16": before, "mxmix": reference(ids).logits.float()}
 
 
-def _ids(vocab: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (2, 48), generator=torch.Generator().manual_seed(1))
-
-
-def _assert_real_quantization(got: torch.Tensor, bf16_logits: torch.Tensor) -> None:
-    assert (got - bf16_logits).abs().max().item() > 1e-2  # the weights really were quantized ...
-    agree = (got.argmax(-1) == bf16_logits.argmax(-1)).float().mean().item()
+def _check_consumer_logits(model, expected: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        got = model(expected["ids"]).logits.float()
+    torch.testing.assert_close(got, expected["mxmix"], atol=1e-5, rtol=0)
+    assert (got - expected["bf16"]).abs().max().item() > 1e-2  # the weights really were quantized ...
+    agree = (got.argmax(-1) == expected["bf16"].argmax(-1)).float().mean().item()
     assert agree > 0.75, agree  # ... and MXFP8 stays close to BF16
 
 
-def test_transformers_reads_the_mxfp8_checkpoint(smollm2_bf16: Path, smollm2_mixed: Path) -> None:
+def test_transformers_reads_the_mxfp8_checkpoint(smollm2_mixed: Path, expected_logits) -> None:
     """transformers' own `mxfp8` loader (FineGrainedFP8, dequantizing on CPU) gives the same logits as the
     BF16 model with mxmix's dequantized weights substituted."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
     loaded = AutoModelForCausalLM.from_pretrained(smollm2_mixed, dtype=torch.bfloat16).eval()
     assert loaded.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16  # dequantized on CPU
-    ids = _ids(loaded.config.vocab_size)
-    bf16_logits, want = _substituted_logits(smollm2_bf16, load_tensors(smollm2_mixed), ".weight_scale_inv", ids)
-    with torch.no_grad():
-        got = loaded(ids).logits.float()
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    _assert_real_quantization(got, bf16_logits)
+    _check_consumer_logits(loaded, expected_logits)
 
 
-def test_compressed_tensors_reads_its_dialect(smollm2_bf16: Path, tmp_path: Path) -> None:
+def test_compressed_tensors_reads_its_dialect(smollm2_bf16: Path, smollm2_mixed: Path, tmp_path: Path,
+                                              expected_logits) -> None:
     """The compressed-tensors library (through transformers) runs our `compressed-tensors` output with the
     MXFP8 weights still compressed, and matches mxmix's dequantization."""
     pytest.importorskip("compressed_tensors", reason="pip install compressed-tensors (mxmix[test])")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     from mxmix.checkpoint.convert import quantize_checkpoint
 
-    hf_logging.set_verbosity_error()
     dst = tmp_path / "ct"
     quantize_checkpoint(smollm2_bf16, dst, keep_last=6, dialect="compressed-tensors")
+    ct, sg = load_tensors(dst), load_tensors(smollm2_mixed)
+    renamed = {k.replace(".weight_scale", ".weight_scale_inv"): v for k, v in ct.items()}
+    assert renamed.keys() == sg.keys()  # same bytes, other names
+    assert all(torch.equal(renamed[k].view(torch.uint8) if renamed[k].dtype == torch.float8_e4m3fn else renamed[k],
+                           sg[k].view(torch.uint8) if sg[k].dtype == torch.float8_e4m3fn else sg[k]) for k in sg)
     loaded = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.bfloat16).eval()
     q = loaded.model.layers[0].self_attn.q_proj
     assert q.weight.dtype == torch.float8_e4m3fn and q.weight_scale.dtype == torch.uint8  # run compressed
     assert loaded.model.layers[29].self_attn.q_proj.weight.dtype == torch.bfloat16  # `ignore` was honoured
-    ids = _ids(loaded.config.vocab_size)
-    bf16_logits, want = _substituted_logits(smollm2_bf16, load_tensors(dst), ".weight_scale", ids)
-    with torch.no_grad():
-        got = loaded(ids).logits.float()
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    _assert_real_quantization(got, bf16_logits)
+    _check_consumer_logits(loaded, expected_logits)
 
 
 def test_cli_on_real_model_other_dialect_and_shards(smollm2_bf16: Path, tmp_path: Path, capsys) -> None:

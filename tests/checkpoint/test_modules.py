@@ -100,6 +100,6 @@ def test_headers_only(make_synthetic, monkeypatch):
 
 
 def test_helpers():
-    assert layer_index("model.layers.12.mlp".split(".")) == 12
-    assert layer_index("lm_head".split(".")) is None
+    assert layer_index(["model", "layers", "12", "mlp"]) == 12
+    assert layer_index(["lm_head"]) is None
     assert natural_key("layers.2") < natural_key("layers.10")

@@ -105,3 +105,26 @@ def test_cpu_dispatch_uses_torch_backend(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(fast, "quantize", lambda *a, **k: calls.append(1) or real(*a, **k))
     mx.quantize(torch.randn(2, 64))
     assert calls == [1]
+
+
+def test_parameters_that_require_grad_are_accepted() -> None:
+    """Weights often arrive as nn.Parameter; quantizing them must not try to build an autograd graph."""
+    w = torch.nn.Parameter(torch.randn(4, 64, dtype=torch.bfloat16))
+    q, s = mx.quantize(w)
+    q0, s0 = mx.quantize(w.detach(), backend="reference")
+    assert torch.equal(q.view(torch.uint8), q0.view(torch.uint8)) and torch.equal(s, s0)
+    assert not mx.dequantize(q, s).requires_grad
+
+
+def test_cpu_worker_threads_do_not_change_torch_thread_settings() -> None:
+    """The torch path runs single-threaded ops in worker threads; neither the caller's thread count
+    nor that of threads started afterwards may change."""
+    import threading
+
+    before = torch.get_num_threads()
+    mx.quantize(torch.randn(64, 1 << 14, dtype=torch.bfloat16))  # several chunks: uses the workers
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert torch.get_num_threads() == before and seen == [before]

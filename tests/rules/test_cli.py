@@ -51,7 +51,7 @@ def test_bad_input_is_one_line(capsys, tmp_path):
                  ["rules", "lint", "--rule", "x", "--modules-from", str(tmp_path / "none")],
                  ["plan", str(tmp_path / "none")],
                  ["plan", str(tmp_path), "--engine", "nope"]):
-        code, out, err = run(capsys, *argv)
+        code, _out, err = run(capsys, *argv)
         assert code != 0, argv
         assert err.startswith("mxmix: error: ") and err.count("\n") == 1, (argv, err)
         assert "Traceback" not in err
@@ -102,3 +102,19 @@ def test_plan_views(capsys, make_mixed):
     code, out, _ = run(capsys, "plan", str(ckpt), "--json")
     data = json.loads(out)
     assert data["dialect"] == "sglang" and data["modules"] and "disagreements" in data
+
+
+def test_plan_compact_view_collapses_experts(capsys, make_mixed):
+    ckpt = make_mixed(keep={"lm_head"}, moe="experts", layers=3,
+                      quantization_config={"quant_method": "mxfp8", "ignored_layers": ["lm_head"]})
+    code, out, _ = run(capsys, "plan", str(ckpt), "--engine", "sglang")
+    assert code == 0
+    assert "layers 0-2: experts.{0-1}.down_proj" in out
+    assert "experts.0." not in out
+
+
+def test_ranges():
+    from mxmix.cli.plan_cmd import _ranges
+
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert _ranges([3]) == "3"

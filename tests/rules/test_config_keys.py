@@ -78,3 +78,11 @@ def test_engines_for_dialect():
     assert set(engines_for_dialect("modelopt")) == {"canonical", "sglang-modelopt", "vllm-modelopt"}
     assert "compressed-tensors" in engines_for_dialect("compressed-tensors")
     assert len(engines_for_dialect("plain")) == 15
+
+
+def test_engines_for_quant_method():
+    from mxmix.rules import engines_for_quant_method
+
+    mx = engines_for_quant_method("mxfp8")
+    assert {"canonical", "sglang", "vllm", "transformers"} <= set(mx) and "transformers-4" not in mx
+    assert engines_for_quant_method("nope") == ["canonical"]

@@ -30,7 +30,9 @@ def rule_st(draw):
     if kind == "glob":
         i = draw(st.integers(0, len(text)))
         return text[:i] + draw(st.sampled_from(["*", "?", "[0-4]", "*."])) + text[i:]
-    return draw(st.sampled_from(["", ".", "*x", "re:(", "experts", "model.", "re:.*", "(a|b)", "x*"]))
+    return draw(st.sampled_from(["", ".", "*x", "re:(", "experts", "model.", "re:.*", "(a|b)", "x*",
+                                 "re:(?i)MODEL", r"re:(m)odel\.(l)ayers", r"re:(l)\1", "re:(?P<a>x)|(?P<a>y)",
+                                 "re:model\\.layers\\.[0-9]+\\.(gate|up)_proj$"]))
 
 
 rules_st = st.lists(rule_st(), min_size=0, max_size=8)
@@ -103,3 +105,41 @@ def test_plain_rule_never_keeps_a_path_without_its_components(rule_parts, path):
 def test_layer_prefix_boundary(n, m):
     kept = decide(f"model.layers.{m}.mlp.down_proj", [f"model.layers.{n}."]).decision == "keep"
     assert kept == (n == m)
+
+
+def _random_rules(rng, n):
+    out = []
+    for _ in range(n):
+        layer = rng.choice(["0", "3", "34", "340", "5", "7"])
+        tail = rng.choice(["mlp.down_proj", "mlp.gate", "mlp.experts.7.down_proj", "self_attn.q_proj",
+                           "mlp.experts", "self_attn.qkv_proj", ""])
+        base = f"model.layers.{layer}.{tail}".rstrip(".")
+        kind = rng.random()
+        if kind < 0.5:
+            out.append(base + rng.choice(["", "."]))
+        elif kind < 0.7:
+            out.append("re:" + base.replace(".", rng.choice([r"\.", "."])) + rng.choice(["", "$", r"\.(gate|up)"]))
+        elif kind < 0.9:
+            cut = rng.randrange(len(base) + 1)
+            out.append(base[:cut] + rng.choice(["*", "?", "[0-4]"]) + base[cut:])
+        else:
+            out.append(rng.choice(COMPONENTS))
+    return out
+
+
+def test_compiled_equals_reference_on_large_lists():
+    import random
+
+    rng = random.Random(7)
+    rules = _random_rules(rng, 150)
+    paths = [".".join(rng.choice(COMPONENTS) for _ in range(rng.randint(1, 7))) for _ in range(60)]
+    paths += [f"model.layers.{n}.{t}" for n in ("0", "3", "34", "340", "5", "7")
+              for t in ("mlp.down_proj", "mlp.gate_up_proj", "mlp.experts", "self_attn.qkv_proj",
+                        "mlp.experts.7.down_proj")]
+    for engine in ENGINES:
+        fast = _safe(lambda e=engine: compile_rules(rules, e))
+        slow = _safe(lambda e=engine: reference_rules(rules, e))
+        if isinstance(fast, tuple) or isinstance(slow, tuple):
+            assert fast == slow
+            continue
+        assert fast.decide_many(paths) == [slow.decide(p) for p in paths], engine

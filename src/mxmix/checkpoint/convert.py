@@ -3,8 +3,9 @@
 Everything that can be checked is checked before the output directory exists (paths, headers, config,
 rules, layer counts, name collisions); then every shard is planned from shapes alone and written one
 tensor at a time into a temporary sibling of the destination, which is renamed into place only when
-complete. Kept tensors are copied byte for byte; quantized ones go through :mod:`mxmix.mx` in row
-chunks, so peak memory is about one source tensor plus a bounded workspace.
+complete. Kept tensors are copied byte for byte; quantized ones are read and pushed through
+:mod:`mxmix.mx` in row chunks (MX blocks never cross rows), so peak memory is a bounded workspace
+whatever the size of the tensors.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from mxmix.checkpoint.selection import (
     select_modules,
 )
 from mxmix.checkpoint.skiplist import STYLES, build_skip_list
-from mxmix.checkpoint.writer import OutTensor, ShardPlan, ShardWriter, plan_shards, write_index
+from mxmix.checkpoint.writer import OutTensor, ShardPlan, ShardWriter, apply_umask, plan_shards, write_index
 from mxmix.errors import MxmixError
 from mxmix.fsutil import atomic_output_dir, refuse_existing
 
@@ -37,7 +38,7 @@ BLOCK_SIZE = 32
 SCALE_MODES = ("rceil", "floor")
 DEVICES = ("cpu", "cuda")
 # elements per quantization chunk: bounds the codec's temporaries whatever the tensor size
-CHUNK_ELEMENTS = 8 << 20
+CHUNK_ELEMENTS = 4 << 20
 # never copied from the source: weights in other (pickle / foreign) formats and files we rewrite
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack",
                    ".gguf", ".onnx", ".npz", ".npy")
@@ -113,9 +114,9 @@ class ConversionSummary:
         if kept_by:
             lines += ["", "kept modules:"]
             for reason, ms in kept_by.items():
-                names = [m.path if not m.stacked else m.weight for m in ms]
-                shown = ", ".join(names[:6]) + (f", … (+{len(names) - 6} more; --json lists all)"
-                                                 if len(names) > 6 else "")
+                names = describe_modules(ms, self.modules)
+                shown = ", ".join(names[:8]) + (f", … (+{len(names) - 8} more; --json lists all)"
+                                                 if len(names) > 8 else "")
                 lines.append(f"  {reason}: {shown}")
         ratio = f" ({self.bytes_after / self.bytes_before:.2f}x)" if self.bytes_before else ""
         lines += ["", f"size: {human_bytes(self.bytes_before)} -> {human_bytes(self.bytes_after)}{ratio} "
@@ -131,6 +132,40 @@ class ConversionSummary:
                          f"{len(self.nonfinite_blocks)} tensor(s): {', '.join(self.nonfinite_blocks)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def describe_modules(chosen: Sequence[ModuleChoice], all_modules: Sequence[ModuleChoice]) -> list[str]:
+    """Short names for a set of modules: whole decoder layers collapse to ``layers 24-29 (all 7)``,
+    runs of layers with the same members to ``layers 3-5: mlp.down_proj``; others stay full paths."""
+    from mxmix.checkpoint.skiplist import layer_prefix
+
+    per_layer_all: dict[int, int] = {}
+    for m in all_modules:
+        if m.layer is not None:
+            per_layer_all[m.layer] = per_layer_all.get(m.layer, 0) + 1
+    members: dict[int, list[str]] = {}
+    loose: list[str] = []
+    for m in chosen:
+        prefix = layer_prefix(m.path, m.layer) if m.layer is not None else None
+        name = m.path if not m.stacked else m.weight
+        if prefix is None:
+            loose.append(name)
+        else:
+            members.setdefault(m.layer, []).append(name[len(prefix):])
+    runs: list[tuple[int, int, tuple[str, ...]]] = []
+    for layer in sorted(members):
+        key = tuple(members[layer])
+        full = len(key) == per_layer_all.get(layer)
+        tag = ("*",) if full else key
+        if runs and runs[-1][1] == layer - 1 and runs[-1][2] == tag:
+            runs[-1] = (runs[-1][0], layer, tag)
+        else:
+            runs.append((layer, layer, tag))
+    out = list(loose)
+    for a, b, tag in runs:
+        span = f"layer {a}" if a == b else f"layers {a}-{b}"
+        out.append(f"{span} (all {per_layer_all[a]})" if tag == ("*",) else f"{span}: {', '.join(tag)}")
+    return out
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
@@ -252,38 +287,63 @@ def _order_by_shard(jobs: list[_Job], plans: list[ShardPlan]) -> list[list[_Job]
 
 # ---- writing --------------------------------------------------------------------------------------
 
-def _quantize_into(writer: ShardWriter, job: _Job, scale_mode: str, device: str,
+def _handle(handles: dict[Path, Any], path: Path) -> Any:
+    f = handles.get(path)
+    if f is None:
+        f = handles[path] = open(path, "rb")  # noqa: SIM115 - closed by _write_output
+    return f
+
+
+def _row_chunks(loc: TensorLocation, f: Any, step: int) -> Iterator[tuple[int, Any]]:
+    """(first row, [rows, K] tensor) read straight from the file, ``step`` rows at a time."""
+    import torch
+
+    from mxmix.checkpoint.safetensors_header import torch_dtype
+
+    info = loc.info
+    k = info.shape[-1]
+    nrows = info.numel // k
+    row_bytes = info.nbytes // nrows
+    base = loc.header.data_start + info.begin
+    for r0 in range(0, nrows, step):
+        n = min(step, nrows - r0)
+        buf = bytearray(n * row_bytes)
+        f.seek(base + r0 * row_bytes)
+        if f.readinto(buf) != len(buf):
+            raise MxmixError(f"{loc.shard}: truncated while reading tensor {loc.name!r}")
+        yield r0, torch.frombuffer(buf, dtype=torch_dtype(info.dtype)).reshape(n, k)
+
+
+def _quantize_into(writer: ShardWriter, job: _Job, handles: dict[Path, Any], scale_mode: str, device: str,
                    allow_nonfinite: bool, nonfinite: dict[str, int], advance: Any) -> None:
+    """Quantize one weight in row chunks (blocks never cross rows): element bytes go to the shard as they
+    come, the small scale tensor follows. Memory: one chunk, whatever the tensor's size."""
     import torch
 
     from mxmix import mx
 
-    name = job.loc.name
-    x = _read(job.loc)
-    k = x.shape[-1]
-    rows = x.reshape(-1, k)
-    step = max(1, CHUNK_ELEMENTS // max(k, 1))
+    loc, name = job.loc, job.loc.name
+    shape = loc.info.shape
+    step = max(1, CHUNK_ELEMENTS // max(shape[-1], 1))
     writer.begin(name)
     scales = []
     bad_blocks = 0
-    for r0 in range(0, rows.shape[0], step):
-        chunk = rows[r0:r0 + step]
+    for r0, chunk in _row_chunks(loc, _handle(handles, loc.shard), step):
+        nbytes = chunk.numel() * chunk.element_size()
         if device != "cpu":
-            chunk = chunk.to(device, non_blocking=True)
+            chunk = chunk.to(device)
         q, s = mx.quantize(chunk, BLOCK_SIZE, scale_mode)
         nan_blocks = int((s == 255).sum())
         if nan_blocks:
             if not allow_nonfinite:
-                where = torch.nonzero(~torch.isfinite(chunk.float()))[0].tolist()
-                index = [r0 + where[0], where[1]]
-                if x.ndim == 3:
-                    index = [index[0] // x.shape[1], index[0] % x.shape[1], index[1]]
+                row, col = torch.nonzero(~torch.isfinite(chunk))[0].tolist()
+                index = [*divmod(r0 + row, shape[1]), col] if len(shape) == 3 else [r0 + row, col]
                 raise MxmixError(f"weight {name!r} contains NaN/Inf (first at index {index}); refusing to "
                                  f"quantize it (--allow-nonfinite encodes such blocks as NaN)")
             bad_blocks += nan_blocks
         writer.write_piece(q.cpu())
         scales.append(s.cpu())
-        advance(chunk.numel() * x.element_size())
+        advance(nbytes)
     writer.end()
     scale = torch.cat(scales) if scales else torch.empty(0, dtype=torch.uint8)
     writer.write_tensor(job.outputs[1].name, scale.reshape(job.outputs[1].shape))
@@ -291,18 +351,10 @@ def _quantize_into(writer: ShardWriter, job: _Job, scale_mode: str, device: str,
         nonfinite[name] = bad_blocks
 
 
-def _read(loc: TensorLocation) -> Any:
-    from mxmix.checkpoint.safetensors_header import read_tensor
-
-    return read_tensor(loc.header, loc.name)
-
-
 def _copy_into(writer: ShardWriter, job: _Job, handles: dict[Path, Any], advance: Any) -> None:
     loc = job.loc
-    f = handles.get(loc.shard)
-    if f is None:
-        f = handles[loc.shard] = open(loc.shard, "rb")  # noqa: SIM115 - closed by the caller
-    writer.copy_range(loc.name, f, loc.header.data_start + loc.info.begin, loc.info.nbytes)
+    writer.copy_range(loc.name, _handle(handles, loc.shard), loc.header.data_start + loc.info.begin,
+                      loc.info.nbytes)
     advance(loc.info.nbytes)
 
 
@@ -325,12 +377,12 @@ def _side_files(src: Path) -> tuple[list[Path], list[str]]:
     return copy, skipped
 
 
-def _write_output(tmp: Path, ckpt: Checkpoint, plans: list[ShardPlan], ordered: list[list[_Job]],
+def _write_output(tmp: Path, plans: list[ShardPlan], ordered: list[list[_Job]],
                   config: dict[str, Any], side: dict[str, Any], copies: list[Path], scale_mode: str,
                   device: str, allow_nonfinite: bool, nonfinite: dict[str, int], bar: Any) -> None:
     from mxmix.checkpoint.safetensors_header import read_header
 
-    os.chmod(tmp, 0o777 & ~_umask())
+    apply_umask(tmp)
     handles: dict[Path, Any] = {}
     try:
         for plan, jobs in zip(plans, ordered):
@@ -338,7 +390,8 @@ def _write_output(tmp: Path, ckpt: Checkpoint, plans: list[ShardPlan], ordered: 
             try:
                 for job in jobs:
                     if job.quantize:
-                        _quantize_into(writer, job, scale_mode, device, allow_nonfinite, nonfinite, bar.update)
+                        _quantize_into(writer, job, handles, scale_mode, device, allow_nonfinite, nonfinite,
+                                       bar.update)
                     else:
                         _copy_into(writer, job, handles, bar.update)
                 writer.close()
@@ -355,12 +408,6 @@ def _write_output(tmp: Path, ckpt: Checkpoint, plans: list[ShardPlan], ordered: 
         (tmp / fname).write_text(json.dumps(data, indent=2) + "\n")
     for p in copies:
         shutil.copyfile(p, tmp / p.name)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---- the entry point ------------------------------------------------------------------------------
@@ -419,7 +466,7 @@ def quantize_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]
     bar = progress_bar(total=total, desc="quantize", unit="B", unit_scale=True, enabled=progress)
     try:
         with atomic_output_dir(dst_path, force=force) as tmp:
-            _write_output(tmp, ckpt, plans, ordered, config, side, copies, scale_mode, device,
+            _write_output(tmp, plans, ordered, config, side, copies, scale_mode, device,
                           allow_nonfinite, nonfinite, bar)
     finally:
         bar.close()

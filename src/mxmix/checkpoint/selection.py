@@ -45,6 +45,7 @@ REASONS: dict[str, str] = {
     "lm-head": "kept: LM head (default; --quantize-lm-head to override)",
     "router": "kept: MoE router gate (default; --quantize-router to override)",
     "k-not-multiple-of-32": "kept: input dim K is not a multiple of 32",
+    "experts-k-major": "kept: stacked experts stored [E, K, N] (K not last); MX blocks must run along K",
     "empty": "kept: empty tensor",
     "fused-shards": "kept: engines fuse it with a kept shard (q/k/v or gate/up must agree)",
     "moe-all-or-none": "kept: engines keep a layer's experts all BF16 or all MXFP8",
@@ -160,6 +161,7 @@ def select_modules(modules: Sequence[Any], config: dict[str, Any] | None, opts: 
             raise MxmixError(f"{flag}: cannot tell how many decoder layers this model has")
         if n and num_layers is not None and n > num_layers:
             raise MxmixError(f"{flag} {n} exceeds the model's {num_layers} decoder layers")
+    hidden = _hidden_size(config)
     first = set(range(opts.keep_first))
     last = set(range(num_layers - opts.keep_last, num_layers)) if opts.keep_last and num_layers else set()
 
@@ -180,7 +182,7 @@ def select_modules(modules: Sequence[Any], config: dict[str, Any] | None, opts: 
     for m in sorted(modules, key=lambda m: natural_key(m.weight)):
         base = ModuleChoice(m.path, m.weight, m.kind, m.layer, m.expert, m.stacked, tuple(m.shape), m.dtype,
                             True, "quantize")
-        decided = _decide_one(base, compiled, first, last, opts)
+        decided = _decide_one(base, compiled, first, last, opts, hidden)
         choices.append(decided)
     used = {c.detail for c in choices if c.reason == "keep-rule"}
     notes += [f"--keep rule {r!r} matched no Linear module" for r in dict.fromkeys(opts.keep) if r not in used]
@@ -188,10 +190,34 @@ def select_modules(modules: Sequence[Any], config: dict[str, Any] | None, opts: 
     return Selection(choices, num_layers, notes + grown)
 
 
+def _hidden_size(config: dict[str, Any] | None) -> int | None:
+    cfg = config or {}
+    for c in (cfg, cfg.get("text_config") or {}):
+        h = c.get("hidden_size") if isinstance(c, dict) else None
+        if isinstance(h, int) and not isinstance(h, bool) and h > 0:
+            return h
+    return None
+
+
+def k_major_experts(c: ModuleChoice, hidden: int | None) -> bool:
+    """A stacked expert tensor laid out [E, K, N] (e.g. GPT-OSS) rather than transformers' [E, N, K]:
+    gate/up projections read the hidden state (K = hidden), down projections write it (N = hidden)."""
+    if not c.stacked or hidden is None or len(c.shape) != 3 or c.shape[1] == c.shape[2]:
+        return False
+    proj = last_component(c.weight.removesuffix(".weight"))
+    if proj in ("gate_up_proj", "gate_proj", "up_proj", "w1", "w3", "w13"):
+        return c.shape[1] == hidden and c.shape[2] != hidden
+    if proj in ("down_proj", "w2"):
+        return c.shape[2] == hidden and c.shape[1] != hidden
+    return False
+
+
 def _decide_one(c: ModuleChoice, compiled: Any, first: set[int], last: set[int],
-                opts: SelectionOptions) -> ModuleChoice:
+                opts: SelectionOptions, hidden: int | None) -> ModuleChoice:
     if any(d == 0 for d in c.shape):
         return replace(c, quantize=False, reason="empty")
+    if k_major_experts(c, hidden):
+        return replace(c, quantize=False, reason="experts-k-major", detail=f"shape {list(c.shape)}")
     if c.k % BLOCK_SIZE:
         return replace(c, quantize=False, reason="k-not-multiple-of-32", detail=f"K={c.k}")
     if compiled is not None:

@@ -32,6 +32,21 @@ def _cell(row: Any, engine: str) -> str:
     return text + MARK if row.disagrees(engine) else text
 
 
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    out: list[str] = []
+    nums = sorted(set(numbers))
+    start = prev = nums[0]
+    for n in [*nums[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(out)
+
+
 def render(plan: Any, *, full: bool = False, only_disagreements: bool = False) -> str:
     from mxmix.rules.plan import compact_groups
 
@@ -52,13 +67,20 @@ def render(plan: Any, *, full: bool = False, only_disagreements: bool = False) -
             rows.append([label, r.stored, *[_cell(r, e) for e in plan.engines]])
     else:
         for label, members in compact_groups(plan):
+            if members[0].module.layer is None:
+                for r in members:
+                    rows.append([label, r.stored, *[_cell(r, e) for e in plan.engines]])
+                continue
+            # experts that read alike collapse to one line: experts.{0-127}.down_proj
+            merged: dict[tuple, list[int]] = {}
             for r in members:
-                if r.module.layer is None:
-                    name = label
-                else:
-                    kind = r.module.kind if r.module.expert is None else f"experts.{r.module.expert}.{r.module.kind.split('.', 1)[-1]}"
-                    name = f"{label}: {kind}"
-                rows.append([name, r.stored, *[_cell(r, e) for e in plan.engines]])
+                cells = tuple(_cell(r, e) for e in plan.engines)
+                kind = r.module.kind if r.module.expert is None else r.module.kind.split(".", 1)[-1]
+                key = (r.module.expert is not None, kind, r.stored, cells)
+                merged.setdefault(key, []).append(r.module.expert if r.module.expert is not None else -1)
+            for (is_expert, kind, stored, cells), experts in merged.items():
+                name = f"experts.{{{_ranges(experts)}}}.{kind}" if is_expert else kind
+                rows.append([f"{label}: {name}", stored, *cells])
     table = format_table(headers, rows) if rows else "(no rows)"
     counts = plan.disagreements()
     summary = "disagreements (" + MARK + "): " + ", ".join(f"{e} {n}" for e, n in counts.items())

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from mxmix.checkpoint.writer import apply_umask
 from mxmix.errors import MxmixError
 from mxmix.fsutil import atomic_output_dir, refuse_existing
 
@@ -113,6 +114,7 @@ def build_smollm2_checkpoint(dest: str | os.PathLike[str], force: bool = False) 
     with atomic_output_dir(dest, force=force) as tmp:
         _write_checkpoint(gguf, tmp)
         (tmp / MARKER).write_text(json.dumps(_fingerprint(gguf), indent=2) + "\n")
+        apply_umask(tmp, files=True)
     return dest
 
 

@@ -62,6 +62,7 @@ def _resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
+@torch.no_grad()
 def quantize(x: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE, scale_mode: str = "rceil", *,
              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """MXFP8-quantize ``x`` in blocks of ``block_size`` along its last dimension.
@@ -97,6 +98,7 @@ def quantize(x: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE, scale_mode: 
     return fast.quantize(x, block_size, scale_mode)
 
 
+@torch.no_grad()
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
                block_size: int = DEFAULT_BLOCK_SIZE, *, backend: str = "auto") -> torch.Tensor:
     """Decode MXFP8: ``e4m3(q) * 2^(scale - 127)`` rounded once to ``dtype``; scale byte 255 → NaN."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from mxmix.errors import MxmixError
 from mxmix.rules.config_keys import skip_list_for
 from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, QUANTIZE, Decision, Fused, normalise_fused
-from mxmix.rules.engines import ENGINES, EngineInfo, engines_for_dialect, get_engine
+from mxmix.rules.engines import ENGINES, EngineInfo, engines_for_dialect, engines_for_quant_method, get_engine
 from mxmix.rules.primitives import INDEXED, REFERENCE
 from mxmix.rules.reading import BoundReading
 
@@ -69,6 +69,7 @@ __all__ = [
     "compile_rules",
     "decide",
     "engines_for_dialect",
+    "engines_for_quant_method",
     "get_engine",
     "lint",
     "reference_rules",

@@ -288,9 +288,9 @@ class RegexIndex:
     A pattern can only match subjects that start with its literal prefix, so patterns are bucketed
     by that prefix cut back to its last dot — a dotted ancestor of every subject it can match —
     and a subject tries only the buckets on its own ancestor chain (found by walking a trie of
-    bucket keys). The chain's patterns form one alternation in rule order, each alternative ending
-    in an empty marker group, so the first alternative that matches — the smallest rule index —
-    is read off ``lastindex``. Patterns that cannot be renumbered safely (back-references) or that
+    bucket keys). Each bucket is one alternation in rule order (compiled once, on first use), each
+    alternative ending in an empty marker group, so the first alternative that matches — the
+    bucket's smallest rule index — is read off ``lastindex``. Patterns that cannot be renumbered safely (back-references) or that
     set global flags are tried one by one.
 
     ``entries`` are ``(rule index, pattern, mode)`` with mode match / fullmatch / glob / glob-ancestors.
@@ -321,10 +321,10 @@ class RegexIndex:
                 node[1] = key
             self.buckets.setdefault(key, []).append((index, source, compiled.groups))
         self.single.sort(key=lambda e: e[0])
-        self.combined: dict[tuple[str, ...], tuple[Callable[[str], Any], dict[int, int]] | None] = {}
+        self.combined: dict[str, tuple[Callable[[str], Any], dict[int, int]] | None] = {}
 
-    def _combined(self, key: tuple[str, ...]) -> tuple[Callable[[str], Any], dict[int, int]] | None:
-        members = sorted(m for prefix in key for m in self.buckets[prefix])
+    def _combined(self, key: str) -> tuple[Callable[[str], Any], dict[int, int]] | None:
+        members = self.buckets[key]  # already in rule order
         marker: dict[int, int] = {}
         group = 0
         for index, _, groups in members:
@@ -333,7 +333,7 @@ class RegexIndex:
         try:
             return re.compile("|".join(f"(?:{src})()" for _, src, _ in members)).match, marker
         except (re.error, RecursionError, OverflowError):
-            return None  # e.g. the same group name twice: fall back to one-by-one for this chain
+            return None  # e.g. the same group name twice: this bucket is tried one by one
 
     def first(self, subject: str, parts: Sequence[str] | None = None) -> int | None:
         best: int | None = None
@@ -347,20 +347,23 @@ class RegexIndex:
                 break
             if node[1] is not None:
                 chain.append(node[1])
-        if chain:
-            key = tuple(chain)
+        for key in chain:
             combo = self.combined.get(key, False)
             if combo is False:
                 combo = self.combined[key] = self._combined(key)
             if combo is not None:
                 m = combo[0](subject)
                 if m is not None:
-                    best = combo[1][m.lastindex]
+                    hit = combo[1][m.lastindex]
+                    if best is None or hit < best:
+                        best = hit
             else:
-                for prefix in key:
-                    for index, src, _ in self.buckets[prefix]:
-                        if (best is None or index < best) and re.match(src, subject):
-                            best = index
+                for index, src, _ in self.buckets[key]:
+                    if best is not None and index >= best:
+                        break
+                    if re.match(src, subject):
+                        best = index
+                        break
         for index, matcher in self.single:
             if best is not None and index >= best:
                 break

@@ -1,5 +1,8 @@
 """The shape every reading shares: rules + fused mapping + primitive backend -> path -> Decision.
 
+A reading signals the consumer's own exceptions (ValueError on mixed shards, re.error) by raising
+``EngineRaised``; ``BoundReading`` turns that into decision "error".
+
 A reading's builder looks at the rule list once (classifying, indexing) and returns a function of
 one path. Built on the reference backend it is ``decide``; on the indexed backend it is the bulk
 form, ``compile_rules``. Fused-shard and error bookkeeping that several readings share lives here.
@@ -58,16 +61,6 @@ def agree_on_shards(path: str, shard_paths: Sequence[str], hits: Sequence[int | 
                        f"kept {', '.join(kept)}; quantized {', '.join(missing)}")
 
 
-def guarded(reading: PathReading) -> PathReading:
-    """Turn an engine's own exception into decision "error"."""
-    def run(path: str) -> Verdict:
-        try:
-            return reading(path)
-        except EngineRaised as exc:
-            return ERROR, exc.index, exc.reason
-    return run
-
-
 @dataclass
 class BoundReading:
     """A reading bound to one rule list: ``decide(path) -> Decision``."""
@@ -77,14 +70,21 @@ class BoundReading:
     reading: PathReading
 
     def decide(self, path: str) -> Decision:
-        outcome, index, reason = self.reading(path)
+        try:
+            outcome, index, reason = self.reading(path)
+        except EngineRaised as exc:
+            outcome, index, reason = ERROR, exc.index, exc.reason
         return Decision(path, self.engine, outcome, None if index is None else self.rules[index], reason)
 
     def decide_many(self, paths: Sequence[str]) -> list[Decision]:
+        """``decide`` for many paths (same answers, less per-path overhead)."""
         reading, rules, engine = self.reading, self.rules, self.engine
         out = []
         for p in paths:
-            outcome, index, reason = reading(p)
+            try:
+                outcome, index, reason = reading(p)
+            except EngineRaised as exc:
+                outcome, index, reason = ERROR, exc.index, exc.reason
             out.append(Decision(p, engine, outcome, None if index is None else rules[index], reason))
         return out
 

@@ -26,7 +26,9 @@ def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dt
         return dequantize_cuda(weight.contiguous(), scale.contiguous(), dtype)
     from mxmix.mx import dequantize
 
-    return dequantize(weight, scale, dtype=dtype, block_size=BLOCK, backend="torch")
+    # the codec's CPU path fills scratch tensors from worker threads, which inference mode forbids
+    with torch.inference_mode(False):
+        return dequantize(weight, scale, dtype=dtype, block_size=BLOCK, backend="torch")
 
 
 class MXFP8Linear(nn.Module):
@@ -82,6 +84,12 @@ class MXFP8Linear(nn.Module):
         dtype = linear.weight.dtype if linear.weight.dtype.is_floating_point else torch.bfloat16
         return cls.from_quantized(q, s, bias, dtype=dtype if dtype != torch.float32 else torch.bfloat16)
 
+    def set_cpu_cache(self, enabled: bool) -> None:
+        """On the CPU, keep the dequantized weight between calls (faster, but a full-precision copy)."""
+        self.cache_dequantized = enabled
+        if not enabled:
+            self._dequantized = None
+
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return dequantize_weight(self.weight, self.weight_scale, dtype or self.compute_dtype)
 
@@ -98,11 +106,25 @@ class MXFP8Linear(nn.Module):
                 return x.new_empty(*lead, self.out_features)
             y = mxfp8_matmul(x2, self.weight, self.weight_scale, self.bias)
             return y.reshape(*lead, self.out_features)
+        if getattr(self, "cache_dequantized", False) and not x.is_cuda:
+            dtype = x.dtype if x.dtype.is_floating_point else torch.bfloat16
+            cached = getattr(self, "_dequantized", None)
+            if cached is None or cached.dtype != dtype or cached.device != x.device:
+                cached = self._dequantized = self.dequantized_weight(dtype)
+            return F.linear(x.to(dtype), cached, None if self.bias is None else self.bias.to(dtype))
         return reference_forward(x, self.weight, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format=mxfp8")
+
+
+def set_cpu_weight_cache(model: nn.Module, enabled: bool = True) -> int:
+    """Toggle the CPU dequantized-weight cache on every MXFP8Linear of ``model``; returns how many."""
+    mods = [m for m in model.modules() if isinstance(m, MXFP8Linear)]
+    for m in mods:
+        m.set_cpu_cache(enabled)
+    return len(mods)
 
 
 def reference_forward(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,

@@ -8,7 +8,7 @@ a producer relying on it can write checkpoints vLLM and SGLang refuse.
 from __future__ import annotations
 
 from mxmix.rules.decision import KEEP, QUANTIZE
-from mxmix.rules.reading import PathReading, Verdict, first_hit, guarded, shard_paths_replace
+from mxmix.rules.reading import PathReading, Verdict, first_hit, shard_paths_replace
 
 
 def build_compressed_tensors(rules, fused, backend) -> PathReading:
@@ -30,4 +30,4 @@ def build_compressed_tensors(rules, fused, backend) -> PathReading:
                     return KEEP, hit, f"fused name matches because its shard {shard} matches rule {rules[hit]!r}"
         return QUANTIZE, None, "no rule matches"
 
-    return guarded(reading)
+    return reading

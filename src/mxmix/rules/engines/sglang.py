@@ -18,7 +18,6 @@ from mxmix.rules.reading import (
     Verdict,
     agree_on_shards,
     first_hit,
-    guarded,
     shard_paths_replace,
 )
 
@@ -75,17 +74,17 @@ def _fp8_skipped(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backen
 
 def build_sglang(rules, fused, backend) -> PathReading:
     """SGLang 0.5.23+: dot-boundary component match with trailing-dot normalisation (#26287)."""
-    return guarded(_fp8_skipped(rules, fused, backend, "dot"))
+    return _fp8_skipped(rules, fused, backend, "dot")
 
 
 def build_sglang_23467(rules, fused, backend) -> PathReading:
     """The #23467 state: dot-boundary without the trailing-dot strip (``model.layers.34.`` matches nothing)."""
-    return guarded(_fp8_skipped(rules, fused, backend, "dot-raw"))
+    return _fp8_skipped(rules, fused, backend, "dot-raw")
 
 
 def build_sglang_legacy(rules, fused, backend) -> PathReading:
     """Before #23467: plain substring, with the experts branch on top."""
-    return guarded(_fp8_skipped(rules, fused, backend, "substring"))
+    return _fp8_skipped(rules, fused, backend, "substring")
 
 
 def fp8config_entries(rules: Sequence[str]) -> list[tuple[int, str]]:
@@ -100,7 +99,7 @@ def fp8config_entries(rules: Sequence[str]) -> list[tuple[int, str]]:
 
 def build_sglang_fp8config(rules, fused, backend) -> PathReading:
     """0.5.23 matching after Fp8Config's ``model.`` normalisation (``""`` becomes ``model.``: keeps all)."""
-    return guarded(_fp8_skipped(rules, fused, backend, "dot", entries=fp8config_entries(rules)))
+    return _fp8_skipped(rules, fused, backend, "dot", entries=fp8config_entries(rules))
 
 
 def build_sglang_compressed_tensors(rules, fused, backend) -> PathReading:
@@ -121,7 +120,7 @@ def build_sglang_compressed_tensors(rules, fused, backend) -> PathReading:
             return agree_on_shards(path, shards, [test(s) for s in shards], rules)
         return QUANTIZE, None, "no rule matches"
 
-    return guarded(reading)
+    return reading
 
 
 def modelopt_excluded(rules: Sequence[str], backend: Backend):
@@ -164,7 +163,7 @@ def build_sglang_modelopt(rules, fused, backend) -> PathReading:
                                "matches the path, one of its components or an MLA fused tail")
         return QUANTIZE, None, "no rule matches"
 
-    return guarded(reading)
+    return reading
 
 
 __all__ = [

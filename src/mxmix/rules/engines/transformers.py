@@ -9,7 +9,7 @@ fused modules: the reading applies to whatever (unfused, checkpoint-named) path 
 from __future__ import annotations
 
 from mxmix.rules.decision import KEEP, QUANTIZE
-from mxmix.rules.reading import PathReading, Verdict, first_hit, guarded
+from mxmix.rules.reading import PathReading, Verdict, first_hit
 
 BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
 
@@ -29,7 +29,7 @@ def build_transformers(rules, fused, backend) -> PathReading:
             return KEEP, hit, f"rule {rules[hit]!r}, read as a regex, matches the start of the name at a dot boundary"
         return KEEP, hit, f"the name ends with rule {rules[hit]!r}"
 
-    return guarded(reading)
+    return reading
 
 
 def build_transformers_4(rules, fused, backend) -> PathReading:

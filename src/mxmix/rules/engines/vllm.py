@@ -16,7 +16,6 @@ from mxmix.rules.reading import (
     Verdict,
     agree_on_shards,
     first_hit,
-    guarded,
     shard_paths_replace,
 )
 
@@ -80,17 +79,17 @@ def build_vllm(rules, fused, backend) -> PathReading:
             return KEEP, None, "vLLM Fp8Config never quantizes the LM head"
         return verdict
 
-    return guarded(reading)
+    return reading
 
 
 def build_vllm_substring(rules, fused, backend) -> PathReading:
     """Substring mode (AWQ family; older vLLM ``skip_with_substr=True``)."""
-    return guarded(is_layer_skipped(rules, fused, backend, "substring"))
+    return is_layer_skipped(rules, fused, backend, "substring")
 
 
 def build_vllm_suffix(rules, fused, backend) -> PathReading:
     """Suffix mode (path equals the rule or ends with ``"." + rule``; bailing_moe_v3 only)."""
-    return guarded(is_layer_skipped(rules, fused, backend, "suffix"))
+    return is_layer_skipped(rules, fused, backend, "suffix")
 
 
 def build_vllm_compressed_tensors(rules, fused, backend) -> PathReading:
@@ -116,7 +115,7 @@ def build_vllm_compressed_tensors(rules, fused, backend) -> PathReading:
             return agree_on_shards(path, shards, [test(s) for s in shards], rules)
         return QUANTIZE, None, "no rule matches"
 
-    return guarded(reading)
+    return reading
 
 
 def build_vllm_modelopt(rules, fused, backend) -> PathReading:
@@ -143,4 +142,4 @@ def build_vllm_modelopt(rules, fused, backend) -> PathReading:
             return KEEP, None, "vLLM ModelOpt never quantizes vision-tower modules"
         return QUANTIZE, None, "no rule matches"
 
-    return guarded(reading)
+    return reading

@@ -18,6 +18,7 @@ dequantized weight up to fp32 summation order.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -86,19 +87,29 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    # weight tile [BLOCK_N, KB, 32], one activation row [KB, 32] at a time, scale tile [BLOCK_N, KB]
+    # weight tile [BLOCK_N, KB, 32] and scale tile [BLOCK_N, KB]; the next tile is loaded before the
+    # current one is used (register double-buffering), so two tiles are in flight per program.
     koff = offs_kb[:, None] * 32 + offs_e[None, :]
     w_ptrs = w_ptr + rows[:, None, None] * K + k_begin + koff[None, :, :]
     x_ptrs = x_ptr + k_begin + koff
     s_ptrs = s_ptr + rows[:, None] * KS + k_begin // 32 + offs_kb[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # per-block partial sums stay [BLOCK_M, BLOCK_N, KB] inside the loop (summing over KB there would be a
+    # cross-warp reduction with a barrier every iteration); KB is reduced once at the end
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N, KB), dtype=tl.float32)
+    if EVEN_K:
+        w_next = tl.load(w_ptrs)
+        sb_next = tl.load(s_ptrs)
+    else:
+        w_next = tl.load(w_ptrs, mask=(k_begin + koff[None, :, :]) < k_end, other=0.0)
+        sb_next = tl.load(s_ptrs, mask=(k_begin + offs_kb[None, :] * 32) < k_end, other=127)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        if EVEN_K:
-            w = tl.load(w_ptrs)
-            sb = tl.load(s_ptrs)
-        else:
-            w = tl.load(w_ptrs, mask=(k0 + koff[None, :, :]) < k_end, other=0.0)
-            sb = tl.load(s_ptrs, mask=(k0 + offs_kb[None, :] * 32) < k_end, other=127)
+        w = w_next
+        sb = sb_next
+        w_ptrs += BLOCK_K
+        s_ptrs += KB
+        k1 = k0 + BLOCK_K
+        w_next = tl.load(w_ptrs, mask=(k1 + koff[None, :, :]) < k_end, other=0.0)
+        sb_next = tl.load(s_ptrs, mask=(k1 + offs_kb[None, :] * 32) < k_end, other=127)
         wf = w.to(tl.float32)
         scale = _e8m0_to_f32(sb)                                           # [BN, KB]
         for m in tl.static_range(BLOCK_M):
@@ -106,15 +117,13 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                 x = tl.load(x_ptrs + m * stride_xm, mask=m < M, other=0.0)
             else:
                 x = tl.load(x_ptrs + m * stride_xm, mask=(m < M) & ((k0 + koff) < k_end), other=0.0)
-            part = tl.sum(wf * x.to(tl.float32)[None, :, :], axis=2)       # [BN, KB]
-            row = tl.sum(part * scale, axis=1)                             # [BN]
+            part = tl.sum(wf * x.to(tl.float32)[None, :, :], axis=2) * scale  # [BN, KB]
             if BLOCK_M == 1:
-                acc += row[None, :]
+                acc3 += part[None, :, :]
             else:
-                acc += tl.where(offs_m[:, None] == m, row[None, :], 0.0)
-        w_ptrs += BLOCK_K
+                acc3 += tl.where(offs_m[:, None, None] == m, part[None, :, :], 0.0)
         x_ptrs += BLOCK_K
-        s_ptrs += KB
+    acc = tl.sum(acc3, axis=2)
     _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, pid_k, split,
             HAS_BIAS, SPLIT)
 
@@ -151,17 +160,8 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                 w = tl.load(w_ptrs + j * 32, mask=(kj + offs_e[:, None]) < k_end, other=0.0)
                 x = tl.load(x_ptrs + j * 32, mask=m_ok[:, None] & ((kj + offs_e[None, :]) < k_end), other=0.0)
                 sb = tl.load(s_ptrs + j, mask=(kj < k_end) & n_ok, other=127)
-            # E4M3 -> FP16 is one exact hardware conversion per two elements (BF16 would need a second,
-            # quarter-rate one). The activation block is moved exactly into FP16's range by a power of
-            # two 2^k chosen from its own max (|x| * 2^k in [2^14, 2^15)); bf16 values more than 2^31
-            # below that max lose bits, a contribution far below the fp32 accumulation error.
-            xf = x.to(tl.float32)
-            amax_bits = tl.max(tl.abs(xf), axis=1).to(tl.int32, bitcast=True)
-            biased_k = tl.minimum(tl.maximum(268 - (amax_bits >> 23), 9), 253)       # k + 127
-            up = (biased_k << 23).to(tl.float32, bitcast=True)                        # 2^k
-            down = ((254 - biased_k) << 23).to(tl.float32, bitcast=True)              # 2^-k
-            part = tl.dot((xf * up[:, None]).to(tl.float16), w.to(tl.float16))
-            acc += part * down[:, None] * _e8m0_to_f32(sb)[None, :]
+            part = tl.dot(x, w.to(tl.bfloat16))
+            acc += part * _e8m0_to_f32(sb)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
         s_ptrs += KB
@@ -186,23 +186,88 @@ class DecodeConfig:
 
 
 def _sm_count(device: torch.device) -> int:
-    return _SM_COUNT.setdefault(device.index or 0, torch.cuda.get_device_properties(device).multi_processor_count)
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    count = _SM_COUNT.get(idx)
+    if count is None:
+        count = _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return count
 
 
 _SM_COUNT: dict[int, int] = {}
 
 
-def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
-    """Heuristic launch configuration: K is split until the tiles cover about two waves of SMs."""
-    if m == 1:
-        kind, block_n, block_k, warps, waves = "fma", 16, 512 if k >= 4096 else 256, 4, 2
-    else:
-        kind, block_n, block_k, warps, waves = "mma", 64, 128, 4, 4
-    tiles = triton.cdiv(n, block_n)
+def _split_for(tiles: int, k: int, block_k: int, target_programs: int, min_k: int) -> int:
     split = 1
-    while tiles * split < waves * sm_count and k // (split * 2) >= 2 * block_k:
+    while tiles * split < target_programs and k // (split * 2) >= max(min_k, block_k):
         split *= 2
-    return DecodeConfig(kind, block_n, block_k, split, warps, 3)
+    return split
+
+
+def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
+    """Heuristic launch configuration (fitted to H100 sweeps): split K until ~4 programs per SM."""
+    if m <= 2:
+        block_k = 512 if m == 1 and n >= 14336 else 256
+        tiles = triton.cdiv(n, 16)
+        return DecodeConfig("fma", 16, block_k, _split_for(tiles, k, block_k, 4 * sm_count, 512), 4, 3)
+    tiles = triton.cdiv(n, 64)
+    return DecodeConfig("mma", 64, 128, _split_for(tiles, k, 128, 4 * sm_count, 1024), 4, 3)
+
+
+def candidate_configs(m: int, n: int, k: int, sm_count: int = 132) -> list[DecodeConfig]:
+    """What the autotuner tries for one (M bucket, N, K): the heuristic's pick and its neighbours."""
+    cands = [default_decode_config(m, n, k, sm_count)]
+    if m <= 2:
+        cands += [DecodeConfig("fma", 16, bk, sp, 4, 3) for bk in (256, 512) for sp in (1, 2, 4, 8)]
+    if m >= 2:
+        cands += [DecodeConfig("mma", bn, 128, sp, w, 3) for bn, w in ((64, 4), (128, 8)) for sp in (1, 2, 4, 8)]
+    seen: list[DecodeConfig] = []
+    for c in cands:
+        if c not in seen and (c.split_k == 1 or k // c.split_k >= c.block_k):
+            seen.append(c)
+    return seen
+
+
+def m_bucket(m: int) -> int:
+    return triton.next_power_of_2(m)
+
+
+_TUNED: dict[tuple, DecodeConfig] = {}
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get("MXMIX_AUTOTUNE", "1") not in ("0", "false", "no", "")
+
+
+def tuned_decode_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> DecodeConfig:
+    """The fastest candidate for this (M bucket, N, K, device), measured once and cached.
+
+    Timing uses triton.testing.do_bench (median, L2 flushed between calls). Inside a CUDA graph capture,
+    or with MXMIX_AUTOTUNE=0, the heuristic is used for shapes not yet measured.
+    """
+    m, k = x.shape
+    n = weight.shape[0]
+    sms = _sm_count(x.device)
+    key = (x.device.index or 0, m_bucket(m), n, k, x.dtype)
+    cfg = _TUNED.get(key)
+    if cfg is not None:
+        return cfg
+    if not autotune_enabled() or torch.cuda.is_current_stream_capturing():
+        return default_decode_config(m, n, k, sms)
+    from triton.testing import do_bench
+
+    xb = torch.randn((m_bucket(m), k), device=x.device, dtype=x.dtype)
+    best: tuple[float, DecodeConfig] | None = None
+    for cand in candidate_configs(m_bucket(m), n, k, sms):
+        try:
+            t = do_bench(lambda cand=cand: mxfp8_decode_matmul(xb, weight, scale, config=cand),
+                         warmup=2, rep=8, return_mode="median")
+        except Exception:  # a candidate that does not compile here is skipped
+            continue
+        if best is None or t < best[0]:
+            best = (t, cand)
+    cfg = best[1] if best else default_decode_config(m, n, k, sms)
+    _TUNED[key] = cfg
+    return cfg
 
 
 # Tests set this to fill split-K workspaces with NaN, so a partial sum that is never written shows up.
@@ -229,7 +294,7 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     n = weight.shape[0]
     if x.stride(1) != 1:
         x = x.contiguous()
-    cfg = config or default_decode_config(m, n, k, _sm_count(x.device))
+    cfg = config or tuned_decode_config(x, weight, scale)
     block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)
