@@ -128,13 +128,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     n = to_mxfp8(model)
     print(f"quantized {n} Linear modules to MXFP8 in {time.time() - t0:.0f} s", flush=True)
+    mx_unfused = measure(model, args.prompt_len, args.new_tokens, "mxfp8-unfused", 0)
+    probe = torch.randint(3, args.vocab, (1, 16), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+    with torch.inference_mode():
+        before = model(probe).logits.float()
+    from mxmix.runtime.fusion import fuse_sibling_linears
+
+    groups = fuse_sibling_linears(model)
+    with torch.inference_mode():
+        after = model(probe).logits.float()
+    fuse_err = float((after - before).norm() / before.norm())
+    print(f"fused {groups} sibling groups (q/k/v, gate/up); logits rel diff vs unfused {fuse_err:.2e}", flush=True)
     mx = measure(model, args.prompt_len, args.new_tokens, "mxfp8", args.hf_tokens)
-    summary = {"graph_speedup": mx["graph"]["tok_s"] / bf16["graph"]["tok_s"]}
+    mx["unfused_graph_tok_s"] = mx_unfused["graph"]["tok_s"]
+    mx["fusion_logits_rel_diff"] = fuse_err
+    summary = {"graph_speedup": mx["graph"]["tok_s"] / bf16["graph"]["tok_s"],
+               "graph_speedup_unfused": mx_unfused["graph"]["tok_s"] / bf16["graph"]["tok_s"]}
     if "hf_eager" in bf16:
         summary["hf_eager_speedup"] = mx["hf_eager"]["tok_s"] / bf16["hf_eager"]["tok_s"]
     summary["first_tokens_equal"] = sum(a == b for a, b in zip(bf16["tokens"], mx["tokens"]))
     print(f"SUMMARY graph decode: bf16 {bf16['graph']['tok_s']:.1f} tok/s, mxfp8 {mx['graph']['tok_s']:.1f} tok/s "
-          f"-> x{summary['graph_speedup']:.2f} (target >= 1.5); weights {bf16['weights_gib']:.2f} -> "
+          f"-> x{summary['graph_speedup']:.2f} (target >= 1.5; unfused q/k/v+gate/up x{summary['graph_speedup_unfused']:.2f}); weights {bf16['weights_gib']:.2f} -> "
           f"{mx['weights_gib']:.2f} GiB; peak {bf16['graph']['peak_gib']:.2f} -> {mx['graph']['peak_gib']:.2f} GiB",
           flush=True)
     if "hf_eager_speedup" in summary:

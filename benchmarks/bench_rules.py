@@ -20,6 +20,7 @@ import time
 from mxmix.rules import compile_rules, reference_rules
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+GOAL_ENGINES = ("canonical", "sglang")
 EXPERT = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -86,7 +87,8 @@ def main() -> None:
     ap.add_argument("--rules", type=int, default=1_000)
     ap.add_argument("--sample", type=int, default=1_000, help="paths the direct loop is timed on")
     ap.add_argument("--full-baseline", action="store_true", help="time the direct loop on every path")
-    ap.add_argument("--engines", nargs="*", default=["canonical", "sglang"])
+    ap.add_argument("--engines", nargs="*", default=list(GOAL_ENGINES),
+                    help="readings to time (any of 'mxmix rules engines'; the goal applies to canonical and sglang)")
     ap.add_argument("--repeat", type=int, default=5, help="compiled-form runs; the best is reported")
     args = ap.parse_args()
     paths = model_paths(args.paths)
@@ -99,10 +101,14 @@ def main() -> None:
         r = bench(engine, paths, rules, sample, args.full_baseline, args.repeat)
         basis = "all paths" if args.full_baseline else f"{len(sample):,}-path sample, scaled"
         goal = r["fast_s"] < 0.5 and r["ratio"] >= 50
-        ok &= goal
+        if engine in GOAL_ENGINES:
+            ok &= goal
+            verdict = f"goal <0.5 s and >=50x: {'met' if goal else 'MISSED'}"
+        else:
+            verdict = "no goal set for this reading"
         print(f"{engine:>10}: compiled {r['fast_s']:.3f} s (compile + all paths) | direct loop "
               f"{r['slow_full_s']:.1f} s ({basis}: {r['slow_s']:.2f} s) | ratio {r['ratio']:.0f}x | "
-              f"kept {r['kept']:,}, errors {r['errors']:,} | goal <0.5 s and >=50x: {'met' if goal else 'MISSED'}")
+              f"kept {r['kept']:,}, errors {r['errors']:,} | {verdict}")
     print("all goals met" if ok else "some goals missed")
 
 

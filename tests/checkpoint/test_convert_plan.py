@@ -43,7 +43,8 @@ def test_prefix_style_reproduces_the_trailing_dot_failure(make_synthetic, tmp_pa
 
 
 def test_peak_memory_is_a_bounded_workspace(tmp_path: Path) -> None:
-    """Three 64 MiB weights (one kept, two quantized): peak RSS growth stays below one weight's size."""
+    """Three 64 MiB weights (one kept, two quantized): peak RSS growth is a bounded workspace, well under
+    the issue's limit of twice the largest tensor plus a few hundred MB."""
     script = textwrap.dedent("""
         import json, resource, sys
         from pathlib import Path
@@ -75,4 +76,4 @@ def test_peak_memory_is_a_bounded_workspace(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", measure, str(tmp_path)], check=True, capture_output=True, text=True)
     delta = json.loads(out.stdout.strip().splitlines()[-1])["delta"]
     largest = 8192 * 4096 * 2
-    assert delta < largest, f"peak RSS grew by {delta / 2**20:.0f} MiB"
+    assert delta < 2 * largest, f"peak RSS grew by {delta / 2**20:.0f} MiB"

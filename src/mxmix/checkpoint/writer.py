@@ -128,6 +128,11 @@ class ShardWriter:
                              f"planned {t.dtype}{list(t.shape)}")
         self.write_chunks(t, [tensor])
 
+    def write_piece_tensor(self, name: str, array: Any) -> None:
+        """Append a whole tensor given as a C-contiguous numpy array (its bytes, in order)."""
+        t = self._advance(name)
+        self.write_chunks(t, [memoryview(array.reshape(-1).view("uint8"))])
+
     def begin(self, name: str) -> OutTensor:
         """Start a tensor written in pieces with :meth:`write_piece`; returns its plan entry."""
         t = self._advance(name)
@@ -168,7 +173,7 @@ class ShardWriter:
     def _write_raw(self, piece: Any) -> int:
         if isinstance(piece, (bytes, bytearray, memoryview)):
             self._f.write(piece)
-            return len(piece)
+            return memoryview(piece).nbytes
         import torch
 
         flat = piece.detach().contiguous().reshape(-1)

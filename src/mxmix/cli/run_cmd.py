@@ -55,11 +55,10 @@ def run(args: argparse.Namespace) -> int:
         raise MxmixError("--max-new-tokens must be at least 1")
     import torch
 
+    from mxmix.checkpoint.layout import Checkpoint
     from mxmix.runtime.generate import greedy_generate
     from mxmix.runtime.load import load
     from mxmix.runtime.mxfp8_linear import set_cpu_weight_cache
-
-    from mxmix.checkpoint.layout import Checkpoint
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     Checkpoint.open(args.checkpoint, require_config=True)  # clear errors before the tokenizer's

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,41 +173,67 @@ class DottedSuffixIndex:
         return best
 
 
+def _char_trie(keys: Iterable[tuple[int, str]]) -> tuple[dict[str, list[Any]], int | None]:
+    """Character trie ``{char: [children, smallest index ending here]}`` and the index of ``""``."""
+    root: dict[str, list[Any]] = {}
+    empty: int | None = None
+    for index, key in keys:
+        if not key:
+            empty = index if empty is None else min(empty, index)
+            continue
+        children = root
+        node: list[Any] = []
+        for ch in key:
+            node = children.setdefault(ch, [{}, None])
+            children = node[0]
+        if node[1] is None or index < node[1]:
+            node[1] = index
+    return root, empty
+
+
 class SubstringIndex:
-    """Rule-in-subject: every window of every rule length present, looked up in one dict."""
+    """Rule-in-subject: a character trie walked from every position (each walk stops at the first
+    character no rule continues with)."""
 
     def __init__(self, entries: Iterable[Entry]) -> None:
-        self.table = _first_table(entries)
-        self.lengths = sorted({len(k) for k in self.table})
+        self.root, self.empty = _char_trie(entries)
 
     def first(self, subject: str) -> int | None:
-        best: int | None = None
-        table = self.table
+        best = self.empty
+        root = self.root
         n = len(subject)
-        for length in self.lengths:
-            if length > n:
-                break
-            for i in range(n - length + 1):
-                hit = table.get(subject[i:i + length])
+        for i in range(n):
+            node = root.get(subject[i])
+            j = i
+            while node is not None:
+                children, hit = node
                 if hit is not None and (best is None or hit < best):
                     best = hit
+                j += 1
+                if j == n:
+                    break
+                node = children.get(subject[j])
         return best
 
 
 class EndsWithIndex:
+    """Subject-ends-with-rule: one walk of a trie of reversed rules from the subject's last character."""
+
     def __init__(self, entries: Iterable[Entry]) -> None:
-        self.table = _first_table(entries)
-        self.lengths = sorted({len(k) for k in self.table})
+        self.root, self.empty = _char_trie((i, k[::-1]) for i, k in entries)
 
     def first(self, subject: str) -> int | None:
-        best: int | None = None
-        n = len(subject)
-        for length in self.lengths:
-            if length > n:
-                break
-            hit = self.table.get(subject[n - length:])
+        best = self.empty
+        j = len(subject) - 1
+        node = self.root.get(subject[j]) if j >= 0 else None
+        while node is not None:
+            children, hit = node
             if hit is not None and (best is None or hit < best):
                 best = hit
+            j -= 1
+            if j < 0:
+                break
+            node = children.get(subject[j])
         return best
 
 
@@ -331,7 +358,9 @@ class RegexIndex:
             group += groups + 1
             marker[group] = index
         try:
-            return re.compile("|".join(f"(?:{src})()" for _, src, _ in members)).match, marker
+            with warnings.catch_warnings():  # the user's own patterns' FutureWarnings, once is enough
+                warnings.simplefilter("ignore", FutureWarning)
+                return re.compile("|".join(f"(?:{src})()" for _, src, _ in members)).match, marker
         except (re.error, RecursionError, OverflowError):
             return None  # e.g. the same group name twice: this bucket is tried one by one
 
@@ -370,6 +399,63 @@ class RegexIndex:
             if matcher(subject) is not None:
                 best = index
                 break
+        return best
+
+
+# transformers 5's boundary after a rule read as a regex (engine-semantics.md §4)
+DOT_BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
+
+
+def is_dot_wildcard_literal(rule: str) -> bool:
+    """True when ``rule`` read as a regex has no metacharacter but ``.`` (any character)."""
+    return not (_REGEX_META - {"."}) & set(rule) and "\\" not in rule
+
+
+class DotWildcardIndex:
+    """``re.match(rule + DOT_BOUNDARY, subject)`` for rules whose only metacharacter is ``.``.
+
+    Such a rule of length L matches when the subject's first L characters equal it everywhere
+    except under its dots, and position L sits at a dot boundary. Rules are grouped by (L, the
+    spans between their dots); a subject masks its prefix the same way and looks it up, trying only
+    lengths that end at a boundary of the subject.
+    """
+
+    def __init__(self, entries: Iterable[Entry]) -> None:
+        self.entries = list(entries)
+        self.groups: dict[int, dict[tuple[tuple[int, int], ...], dict[str, int]]] = {}
+        for index, rule in self.entries:
+            spans, pos = [], 0
+            for piece in rule.split("."):
+                spans.append((pos, pos + len(piece)))
+                pos += len(piece) + 1
+            table = self.groups.setdefault(len(rule), {}).setdefault(tuple(spans), {})
+            if rule not in table or index < table[rule]:
+                table[rule] = index
+
+    def first(self, subject: str) -> int | None:
+        if "\n" in subject:  # '.' and '$' treat newlines specially: ask the regex engine
+            for index, rule in self.entries:
+                if re.match(rule + DOT_BOUNDARY, subject):
+                    return index
+            return None
+        n = len(subject)
+        ends = {n}
+        i = subject.find(".")
+        while i >= 0:
+            ends.add(i)
+            ends.add(i + 1)
+            i = subject.find(".", i + 1)
+        best: int | None = None
+        groups = self.groups
+        for length in ends:
+            by_spans = groups.get(length)
+            if by_spans is None:
+                continue
+            head = subject[:length]
+            for spans, table in by_spans.items():
+                hit = table.get(".".join([head[a:b] for a, b in spans]))
+                if hit is not None and (best is None or hit < best):
+                    best = hit
         return best
 
 
@@ -438,6 +524,12 @@ class Backend:
     def glob_ancestors(self, entries: Sequence[Entry]) -> Any:
         """``fnmatch.fnmatchcase`` against the subject or any of its dotted ancestors."""
         return self.patterns([(i, p, GLOB_ANCESTORS) for i, p in entries])
+
+    def dot_wildcard(self, entries: Sequence[Entry]) -> Any:
+        """``re.match(rule + DOT_BOUNDARY, subject)`` for rules with no metacharacter but ``.``."""
+        if self.indexed:
+            return DotWildcardIndex(entries)
+        return LoopPatterns([(i, r + DOT_BOUNDARY, MATCH) for i, r in entries])
 
     def patterns(self, entries: Sequence[tuple[int, str, str]]) -> Any:
         """Mixed regex / glob entries ``(index, pattern, mode)`` answered together."""

@@ -1,11 +1,10 @@
 """The shape every reading shares: rules + fused mapping + primitive backend -> path -> Decision.
 
-A reading signals the consumer's own exceptions (ValueError on mixed shards, re.error) by raising
-``EngineRaised``; ``BoundReading`` turns that into decision "error".
-
 A reading's builder looks at the rule list once (classifying, indexing) and returns a function of
 one path. Built on the reference backend it is ``decide``; on the indexed backend it is the bulk
-form, ``compile_rules``. Fused-shard and error bookkeeping that several readings share lives here.
+form, ``compile_rules``. A reading signals the consumer's own exceptions (ValueError on mixed
+shards, re.error) by raising ``EngineRaised``; ``BoundReading`` turns that into decision "error".
+Fused-shard and error bookkeeping that several readings share lives here.
 """
 
 from __future__ import annotations
@@ -88,10 +87,3 @@ class BoundReading:
             out.append(Decision(p, engine, outcome, None if index is None else rules[index], reason))
         return out
 
-
-def kept(index: int, reason: str) -> Verdict:
-    return KEEP, index, reason
-
-
-def quantized(reason: str = "no rule matches") -> Verdict:
-    return QUANTIZE, None, reason

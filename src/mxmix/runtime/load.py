@@ -37,11 +37,13 @@ class LoadReport:
     bf16_modules: list[str] = field(default_factory=list)
     tied_embeddings: bool = False
     weight_bytes: int = 0
+    fused_groups: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "dialect": self.dialect, "architecture": self.architecture,
                 "mxfp8_modules": len(self.mxfp8_modules), "bf16_linear_modules": len(self.bf16_modules),
-                "tied_embeddings": self.tied_embeddings, "weight_bytes": self.weight_bytes}
+                "tied_embeddings": self.tied_embeddings, "weight_bytes": self.weight_bytes,
+                "fused_groups": self.fused_groups}
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -183,11 +185,13 @@ def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> bool:
 
 
 def load(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.bfloat16, *, progress: bool = False):
+         dtype: torch.dtype = torch.bfloat16, *, fuse_siblings: bool = True, progress: bool = False):
     """Load ``checkpoint`` (a directory) as a transformers model on ``device``.
 
     MXFP8 Linear modules become `MXFP8Linear` (weights stay E4M3 + E8M0), kept modules and all other
-    tensors load in ``dtype``. Raises `MxmixError` for unsupported or inconsistent checkpoints.
+    tensors load in ``dtype``. With ``fuse_siblings``, MXFP8 q/k/v and gate/up projections share one
+    kernel launch (`mxmix.runtime.fusion`). Raises `MxmixError` for unsupported or inconsistent
+    checkpoints.
     """
     from mxmix.runtime.mxfp8_linear import MXFP8Linear, check_quantized
 
@@ -250,6 +254,10 @@ def load(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu",
                          f"transformers builds it: {_listed(unplaced)}")
 
     _tie_or_fail(model, config, ckpt, report)
+    if fuse_siblings:
+        from mxmix.runtime.fusion import fuse_sibling_linears
+
+        report.fused_groups = fuse_sibling_linears(model)
     model.to(dev)  # buffers (rotary tables etc.) were built on the CPU; weights are already on dev
     model.eval()
     model.requires_grad_(False)

@@ -89,6 +89,9 @@ class MXFP8Linear(nn.Module):
         self.cache_dequantized = enabled
         if not enabled:
             self._dequantized = None
+            sibling = getattr(self, "_sibling", None)
+            if sibling is not None:
+                sibling[0]._dequantized = None
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return dequantize_weight(self.weight, self.weight_scale, dtype or self.compute_dtype)
@@ -97,22 +100,31 @@ class MXFP8Linear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise MxmixError(f"MXFP8Linear expects inputs with last dimension {self.in_features}, "
                              f"got shape {tuple(x.shape)}")
+        sibling = getattr(self, "_sibling", None)
+        if sibling is not None:  # fused with q/k/v or gate/up siblings (mxmix.runtime.fusion)
+            group, index = sibling
+            return group.output(index, x, lambda x_, w, s, b: self._matmul(x_, w, s, b, group))
+        return self._matmul(x, self.weight, self.weight_scale, self.bias, self)
+
+    def _matmul(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                cache_owner: object) -> torch.Tensor:
         if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _kernels_available():
             from mxmix.runtime.kernels import mxfp8_matmul
 
             lead = x.shape[:-1]
-            x2 = x.reshape(-1, self.in_features)
+            x2 = x.reshape(-1, x.shape[-1])
             if x2.shape[0] == 0:
-                return x.new_empty(*lead, self.out_features)
-            y = mxfp8_matmul(x2, self.weight, self.weight_scale, self.bias)
-            return y.reshape(*lead, self.out_features)
+                return x.new_empty(*lead, weight.shape[0])
+            y = mxfp8_matmul(x2, weight, scale, bias)
+            return y.reshape(*lead, weight.shape[0])
         if getattr(self, "cache_dequantized", False) and not x.is_cuda:
             dtype = x.dtype if x.dtype.is_floating_point else torch.bfloat16
-            cached = getattr(self, "_dequantized", None)
+            cached = getattr(cache_owner, "_dequantized", None)
             if cached is None or cached.dtype != dtype or cached.device != x.device:
-                cached = self._dequantized = self.dequantized_weight(dtype)
-            return F.linear(x.to(dtype), cached, None if self.bias is None else self.bias.to(dtype))
-        return reference_forward(x, self.weight, self.weight_scale, self.bias)
+                cached = dequantize_weight(weight, scale, dtype)
+                cache_owner._dequantized = cached  # type: ignore[attr-defined]
+            return F.linear(x.to(dtype), cached, None if bias is None else bias.to(dtype))
+        return reference_forward(x, weight, scale, bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -9,18 +9,21 @@ fused modules: the reading applies to whatever (unfused, checkpoint-named) path 
 from __future__ import annotations
 
 from mxmix.rules.decision import KEEP, QUANTIZE
+from mxmix.rules.primitives import DOT_BOUNDARY, is_dot_wildcard_literal
 from mxmix.rules.reading import PathReading, Verdict, first_hit
 
-BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
+BOUNDARY = DOT_BOUNDARY
 
 
 def build_transformers(rules, fused, backend) -> PathReading:
     """5.24: ``re.match(rule + boundary, name)`` or ``name.endswith(rule)``; a bad pattern raises."""
-    regex = backend.regex([(i, r + BOUNDARY) for i, r in enumerate(rules)])
+    simple = [(i, r) for i, r in enumerate(rules) if is_dot_wildcard_literal(r)]
+    wild = backend.dot_wildcard(simple)
+    regex = backend.regex([(i, r + BOUNDARY) for i, r in enumerate(rules) if not is_dot_wildcard_literal(r)])
     ends = backend.ends_with(list(enumerate(rules)))
 
     def reading(path: str) -> Verdict:
-        r_hit = regex.first(path)
+        r_hit = first_hit(wild.first(path), regex.first(path))
         e_hit = ends.first(path)
         hit = first_hit(r_hit, e_hit, failures=[regex.failure])
         if hit is None:

@@ -5,13 +5,14 @@ so the kernels do as little per-element work as possible (shared docs mxfp8-form
 
 * ``fma``: CUDA-core GEMV. Each weight element is converted from E4M3 once, multiplied by the
   activation and summed within its 32-element block; the block's scale 2^(b-127) is applied once per
-  partial sum (decoded by shifting the byte into the fp32 exponent field). Best at M = 1..4.
+  partial sum (decoded by shifting the byte into the fp32 exponent field). Used at M = 1..2.
 * ``mma``: tensor-core variant for M up to ~16-64. One ``tl.dot`` per 32-wide K block gives an fp32
   partial [M, BLOCK_N] that is scaled by the block's scales and accumulated, so there is no per-element
   scale multiply, only the E4M3 -> BF16 conversion (exact).
 
 Both split K across programs when N alone does not fill the GPU; partial sums go to an fp32
-workspace reduced (with the bias, in fp32) by a second small kernel, so results are deterministic.
+workspace and the last program of each N tile (an atomic per-tile counter) reduces them in a fixed
+order with the bias, in the same launch, so results are deterministic and graph-capturable.
 Scaling a partial sum by a power of two is exact, so the result equals the BF16 matmul on the exactly
 dequantized weight up to fp32 summation order.
 """
@@ -87,29 +88,19 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
     rows = tl.where(n_ok, offs_n, 0).to(tl.int64)
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    # weight tile [BLOCK_N, KB, 32] and scale tile [BLOCK_N, KB]; the next tile is loaded before the
-    # current one is used (register double-buffering), so two tiles are in flight per program.
+    # weight tile [BLOCK_N, KB, 32], one activation row [KB, 32] at a time, scale tile [BLOCK_N, KB]
     koff = offs_kb[:, None] * 32 + offs_e[None, :]
     w_ptrs = w_ptr + rows[:, None, None] * K + k_begin + koff[None, :, :]
     x_ptrs = x_ptr + k_begin + koff
     s_ptrs = s_ptr + rows[:, None] * KS + k_begin // 32 + offs_kb[None, :]
-    # per-block partial sums stay [BLOCK_M, BLOCK_N, KB] inside the loop (summing over KB there would be a
-    # cross-warp reduction with a barrier every iteration); KB is reduced once at the end
-    acc3 = tl.zeros((BLOCK_M, BLOCK_N, KB), dtype=tl.float32)
-    if EVEN_K:
-        w_next = tl.load(w_ptrs)
-        sb_next = tl.load(s_ptrs)
-    else:
-        w_next = tl.load(w_ptrs, mask=(k_begin + koff[None, :, :]) < k_end, other=0.0)
-        sb_next = tl.load(s_ptrs, mask=(k_begin + offs_kb[None, :] * 32) < k_end, other=127)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        w = w_next
-        sb = sb_next
-        w_ptrs += BLOCK_K
-        s_ptrs += KB
-        k1 = k0 + BLOCK_K
-        w_next = tl.load(w_ptrs, mask=(k1 + koff[None, :, :]) < k_end, other=0.0)
-        sb_next = tl.load(s_ptrs, mask=(k1 + offs_kb[None, :] * 32) < k_end, other=127)
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            sb = tl.load(s_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=(k0 + koff[None, :, :]) < k_end, other=0.0)
+            sb = tl.load(s_ptrs, mask=(k0 + offs_kb[None, :] * 32) < k_end, other=127)
         wf = w.to(tl.float32)
         scale = _e8m0_to_f32(sb)                                           # [BN, KB]
         for m in tl.static_range(BLOCK_M):
@@ -117,13 +108,15 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                 x = tl.load(x_ptrs + m * stride_xm, mask=m < M, other=0.0)
             else:
                 x = tl.load(x_ptrs + m * stride_xm, mask=(m < M) & ((k0 + koff) < k_end), other=0.0)
-            part = tl.sum(wf * x.to(tl.float32)[None, :, :], axis=2) * scale  # [BN, KB]
+            part = tl.sum(wf * x.to(tl.float32)[None, :, :], axis=2)       # [BN, KB]
+            row = tl.sum(part * scale, axis=1)                             # [BN]
             if BLOCK_M == 1:
-                acc3 += part[None, :, :]
+                acc += row[None, :]
             else:
-                acc3 += tl.where(offs_m[:, None, None] == m, part[None, :, :], 0.0)
+                acc += tl.where(offs_m[:, None] == m, row[None, :], 0.0)
+        w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
-    acc = tl.sum(acc3, axis=2)
+        s_ptrs += KB
     _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, pid_k, split,
             HAS_BIAS, SPLIT)
 
@@ -235,14 +228,16 @@ _TUNED: dict[tuple, DecodeConfig] = {}
 
 
 def autotune_enabled() -> bool:
-    return os.environ.get("MXMIX_AUTOTUNE", "1") not in ("0", "false", "no", "")
+    """Opt-in (MXMIX_AUTOTUNE=1): in the one H100 table run with it on, it picked slow configurations
+    for 4096x4096 at M = 1-2 that the heuristic avoids (see BENCHMARKS.md), so the heuristic is the default."""
+    return os.environ.get("MXMIX_AUTOTUNE", "0") in ("1", "true", "yes")
 
 
 def tuned_decode_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> DecodeConfig:
     """The fastest candidate for this (M bucket, N, K, device), measured once and cached.
 
-    Timing uses triton.testing.do_bench (median, L2 flushed between calls). Inside a CUDA graph capture,
-    or with MXMIX_AUTOTUNE=0, the heuristic is used for shapes not yet measured.
+    Timing uses triton.testing.do_bench (median, L2 flushed between calls). Unless MXMIX_AUTOTUNE=1, and
+    inside a CUDA graph capture, the heuristic is used for shapes not yet measured.
     """
     m, k = x.shape
     n = weight.shape[0]
@@ -258,9 +253,13 @@ def tuned_decode_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     xb = torch.randn((m_bucket(m), k), device=x.device, dtype=x.dtype)
     best: tuple[float, DecodeConfig] | None = None
     for cand in candidate_configs(m_bucket(m), n, k, sms):
+        def fn(cand: DecodeConfig = cand) -> torch.Tensor:
+            return mxfp8_decode_matmul(xb, weight, scale, config=cand)
+
         try:
-            t = do_bench(lambda cand=cand: mxfp8_decode_matmul(xb, weight, scale, config=cand),
-                         warmup=2, rep=8, return_mode="median")
+            fn()  # compile first: do_bench sizes its loop from its first calls
+            torch.cuda.synchronize(x.device)
+            t = do_bench(fn, warmup=3, rep=15, return_mode="median")
         except Exception:  # a candidate that does not compile here is skipped
             continue
         if best is None or t < best[0]:
@@ -273,16 +272,22 @@ def tuned_decode_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 # Tests set this to fill split-K workspaces with NaN, so a partial sum that is never written shows up.
 POISON_WORKSPACE = False
 MAX_TILES = 1 << 16
-_COUNTERS: dict[tuple[int, int], torch.Tensor] = {}
+_COUNTERS: dict[int, torch.Tensor] = {}
 
 
 def _tile_counters(device: torch.device) -> torch.Tensor:
-    """Per-(device, stream) zeroed int32 counters for the split-K reduction (kernels reset them)."""
-    stream = torch.cuda.current_stream(device)
-    key = (device.index or 0, stream.cuda_stream)
-    cnt = _COUNTERS.get(key)
+    """Zeroed int32 per-tile counters for the split-K reduction, one set per device.
+
+    The kernels leave them zeroed. Launches run in stream order, so one set serves every stream that
+    is not used concurrently with another. A set first needed inside a CUDA-graph capture belongs to
+    that graph (its zero-fill is replayed with it) and is not cached.
+    """
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    cnt = _COUNTERS.get(idx)
     if cnt is None:
-        cnt = _COUNTERS[key] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+        cnt = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+        if not torch.cuda.is_current_stream_capturing():
+            _COUNTERS[idx] = cnt
     return cnt
 
 

@@ -143,3 +143,25 @@ def test_compiled_equals_reference_on_large_lists():
             assert fast == slow
             continue
         assert fast.decide_many(paths) == [slow.decide(p) for p in paths], engine
+
+
+tiny = st.text(alphabet="ab.\n", max_size=7)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules=st.lists(tiny, max_size=6), subject=tiny)
+def test_primitives_agree_on_odd_strings(rules, subject):
+    """Each indexed primitive equals its reference loop, on strings made of dots, letters, newlines."""
+    from mxmix.rules.primitives import INDEXED, REFERENCE, is_dot_wildcard_literal
+
+    entries = list(enumerate(rules))
+    for kind in ("exact", "dotted_suffix", "substring", "contained_in", "ends_with"):
+        assert getattr(INDEXED, kind)(entries).first(subject) == getattr(REFERENCE, kind)(entries).first(subject)
+    comps = [(i, tuple(r.split("."))) for i, r in entries]
+    parts = tuple(subject.split("."))
+    assert INDEXED.components(comps).first(parts) == REFERENCE.components(comps).first(parts)
+    simple = [(i, r) for i, r in entries if is_dot_wildcard_literal(r)]
+    assert INDEXED.dot_wildcard(simple).first(subject) == REFERENCE.dot_wildcard(simple).first(subject)
+    for mode in ("match", "fullmatch", "glob", "glob-ancestors"):
+        pats = [(i, r, mode) for i, r in entries]
+        assert INDEXED.patterns(pats).first(subject) == REFERENCE.patterns(pats).first(subject), mode
