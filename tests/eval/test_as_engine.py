@@ -10,7 +10,7 @@ import torch
 from mxmix.checkpoint.convert import quantize_checkpoint
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.errors import MxmixError
-from mxmix.eval.as_engine import engine_view, load_as_engine, quantizable_linears, runtime_path
+from mxmix.eval.as_engine import engine_view, load_as_engine, quantizable_linears
 from mxmix.eval.models import load_model
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -29,13 +29,6 @@ def mixed_pair(make_synthetic, tmp_path):
 def paths(layers):
     return sorted(f"model.layers.{n}.{'mlp' if k.endswith(('gate_proj', 'up_proj', 'down_proj')) else 'self_attn'}.{k}"
                   for n in layers for k in KINDS)
-
-
-def test_runtime_path_fuses_only_for_serving_engines() -> None:
-    assert runtime_path("model.layers.0.self_attn.k_proj", "sglang") == "model.layers.0.self_attn.qkv_proj"
-    assert runtime_path("model.layers.0.mlp.up_proj", "vllm") == "model.layers.0.mlp.gate_up_proj"
-    assert runtime_path("model.layers.0.mlp.up_proj", "transformers") == "model.layers.0.mlp.up_proj"
-    assert runtime_path("model.layers.0.self_attn.o_proj", "sglang") == "model.layers.0.self_attn.o_proj"
 
 
 def test_engine_views_of_a_prefix_skip_list(mixed_pair) -> None:

@@ -7,6 +7,7 @@ import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -107,9 +108,9 @@ def test_compare_runs_counts_discordant_pairs() -> None:
 class _Scripted(BaseHTTPRequestHandler):
     """An OpenAI-style endpoint that answers each question with its reference solution (or fails on cue)."""
 
-    answers: dict[str, str] = {}
-    fail_first: dict[str, int] = {}
-    seen: list[dict] = []
+    answers: ClassVar[dict[str, str]] = {}
+    fail_first: ClassVar[dict[str, int]] = {}
+    seen: ClassVar[list[dict]] = []
     lock = threading.Lock()
 
     def log_message(self, *a):  # quiet
@@ -154,7 +155,7 @@ def scripted_server():
 
 
 def test_run_against_a_live_endpoint_scores_retries_and_compares(scripted_server, tmp_path) -> None:
-    srv, url = scripted_server
+    _, url = scripted_server
     rows = g.load_jsonl(DATA)
     items = rows[5:]
     # right on the even items (answers the reference solution), wrong on the odd ones

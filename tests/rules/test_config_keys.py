@@ -14,7 +14,8 @@ def test_sglang_first_present_key_wins_even_when_empty():
     assert skip_list_for(BOTH, "sglang") == ["a"]
     assert skip_list_for({**BOTH, "ignored_layers": []}, "sglang") == []
     assert skip_list_for({"quant_method": "fp8", "modules_to_not_convert": ["b"]}, "sglang") == ["b"]
-    assert skip_list_for({**BOTH, "ignored_layers": None}, "sglang-fp8config") == ["b"]
+    assert skip_list_for({**BOTH, "ignored_layers": None}, "sglang") == ["b"]
+    assert skip_list_for({**BOTH, "ignored_layers": None}, "sglang-fp8config") == ["b", "model.b"]
 
 
 def test_sglang_env_entries_are_appended_stripped():
@@ -86,3 +87,11 @@ def test_engines_for_quant_method():
     mx = engines_for_quant_method("mxfp8")
     assert {"canonical", "sglang", "vllm", "transformers"} <= set(mx) and "transformers-4" not in mx
     assert engines_for_quant_method("nope") == ["canonical"]
+
+
+def test_fp8config_list_is_normalised():
+    qc = {"quant_method": "mxfp8", "ignored_layers": ["model.layers.0.mlp.down_proj", "lm_head", ""]}
+    got = skip_list_for(qc, "sglang-fp8config")
+    assert got == ["layers.0.mlp.down_proj", "model.layers.0.mlp.down_proj", "lm_head", "model.lm_head", "",
+                   "model."]
+    assert skip_list_for(qc, "sglang") == qc["ignored_layers"]

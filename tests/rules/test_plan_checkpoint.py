@@ -110,3 +110,11 @@ def test_runtime_path_map():
 def test_unknown_engine(make_synthetic):
     with pytest.raises(MxmixError, match="unknown engine"):
         plan_checkpoint(make_synthetic(layers=1), ["nope"])
+
+
+def test_invalid_canonical_regex_in_config_is_an_error_column(make_mixed):
+    ckpt = make_mixed(keep={"lm_head"}, quantization_config=sglang_qc(["lm_head", "re:("]))
+    plan = plan_checkpoint(ckpt, ["canonical", "sglang"])
+    assert {r.runs_as("canonical") for r in plan.rows} == {"error"}
+    assert plan.disagreements()["sglang"] == 0
+    assert any("canonical" in n for n in plan.notes)

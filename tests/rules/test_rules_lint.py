@@ -71,3 +71,11 @@ def test_divergence_default_compares_with_canonical():
     f = lint(["mlp.gate_proj", "mlp.up_proj"], modules=MODULES)
     # canonical keeps the shards; SGLang keeps the fused gate_up_proj (both shards listed): same modules
     assert not any(x.code == "engine-divergence" and "sglang:" in x.message for x in f)
+
+
+def test_package_lint_is_the_function_even_after_submodule_import():
+    import mxmix.rules
+    import mxmix.rules.lint
+    from mxmix.rules.lint import lint as submodule_lint
+
+    assert mxmix.rules.lint is submodule_lint and callable(mxmix.rules.lint)

@@ -12,6 +12,9 @@ from typing import Any
 
 from mxmix.audit.findings import Finding, exit_code, format_findings, group_modules, sort_findings, summarise
 
+# rules x modules above which `lint` runs without the module-by-module comparison (it is quadratic).
+LINT_BUDGET = 200_000
+
 __all__ = [
     "AuditResult",
     "Finding",
@@ -82,7 +85,7 @@ def audit_checkpoint(path_or_ckpt: Any, *, engines: Sequence[str] | None = None,
     from mxmix.audit.config_vs_tensors import check_config_vs_tensors
     from mxmix.audit.engines import check_engines
     from mxmix.audit.structure import check_structure
-    from mxmix.checkpoint.inspect import checkpoint_dialect, hf_quant_config, module_views
+    from mxmix.checkpoint.inspect import checkpoint_dialect, module_views
     from mxmix.checkpoint.layout import Checkpoint
     from mxmix.rules import ENGINES, get_engine
     from mxmix.rules.plan import plan_checkpoint
@@ -102,7 +105,7 @@ def audit_checkpoint(path_or_ckpt: Any, *, engines: Sequence[str] | None = None,
     findings += engine_findings
     findings += check_structure(views)
     if lint_rules and declared:
-        findings += _lint_findings(ckpt, [v.path for v in views], judged, hf_quant_config(ckpt))
+        findings += _lint_findings(ckpt, list(dict.fromkeys(v.path for v in views)), judged, plan)
     scales_checked = None
     if check_scales:
         from mxmix.audit.scales import check_scales as run_scale_checks
@@ -123,7 +126,7 @@ def _scale_reader(ckpt: Any, name: str) -> Callable[[], Any]:
     return read
 
 
-def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], hf: dict[str, Any] | None) -> list[Finding]:
+def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], plan: Any) -> list[Finding]:
     """Check 3: lint each distinct skip list the config holds (`mxmix rules lint`)."""
     from mxmix.checkpoint.inspect import skip_key_values
     from mxmix.rules.lint import lint  # not mxmix.rules.lint the attribute: the submodule shadows it
@@ -133,16 +136,30 @@ def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], hf: dict[s
         if isinstance(value, list) and all(isinstance(r, str) for r in value):
             lists.setdefault(tuple(value), []).append(key)
     grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    scaled_down: list[str] = []
     for rules, keys in lists.items():
         if not rules:
             continue
-        for lf in lint(list(rules), modules=modules, engines=engines):
+        # `lint` with modules re-decides every module once per rule (dead-rule test): quadratic. Past
+        # a budget, lint the rule forms only; dead rules then come from the plan's deciding rules.
+        with_modules = len(rules) * max(1, len(modules)) <= LINT_BUDGET
+        found = lint(list(rules), modules=modules if with_modules else None, engines=engines)
+        if not with_modules:
+            scaled_down += keys
+            found += _dead_rules_from_plan(rules, plan)
+        for lf in found:
             g = grouped.setdefault((lf.code, lf.severity), {"rules": [], "messages": [], "keys": []})
             if lf.rule is not None and lf.rule not in g["rules"]:
                 g["rules"].append(lf.rule)
             g["messages"].append(lf.message)
             g["keys"] += [k for k in keys if k not in g["keys"]]
     out: list[Finding] = []
+    if scaled_down:
+        out.append(Finding(
+            "info", "rules", "lint-forms-only",
+            f"{', '.join(scaled_down)}: too many rules x modules for the per-rule engine comparison; "
+            "linted rule forms and dead rules only",
+            "Engine disagreements are still reported in full by the engine check above.", ()))
     for (code, lint_severity), g in grouped.items():
         # Lint is advice about the list; what it breaks on this checkpoint is reported (as errors) by
         # the engine check, so a lint "error" alone does not fail the audit.
@@ -157,6 +174,18 @@ def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], hf: dict[s
                            details={"lint_severity": lint_severity, "keys": g["keys"],
                                     "messages": g["messages"][:20]}, subject="rule"))
     return out
+
+
+def _dead_rules_from_plan(rules: Sequence[str], plan: Any) -> list[Any]:
+    """Rules that decide no module in the canonical reading (they match nothing, or only modules an
+    earlier rule already decides), read off the plan instead of re-matching per rule."""
+    from mxmix.rules.lint import WARNING, LintFinding
+
+    used = {r.decisions["canonical"].rule for r in plan.rows}
+    return [LintFinding(WARNING, "dead-rule", rule,
+                        "decides no Linear module of the checkpoint (canonical reading): it matches none, "
+                        "or only modules an earlier rule already keeps")
+            for rule in dict.fromkeys(rules) if rule not in used]
 
 
 def _lint_consequence(severity: str) -> str:

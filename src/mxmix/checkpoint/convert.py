@@ -484,7 +484,7 @@ def quantize_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]
     return ConversionSummary(
         source=str(src_path), destination=str(dst_path), dialect=dialect, scale_mode=scale_mode,
         skip_list_style=skip_list_style, device=device, modules=selection.choices, skip_list=skip_list,
-        skip_keys=[k for k in _skip_keys(dia.name)], bytes_before=ckpt.total_bytes,
+        skip_keys=_skip_keys(dia.name), bytes_before=ckpt.total_bytes,
         bytes_after=sum(p.nbytes for p in plans), shards=[p.filename for p in plans],
         copied_files=[p.name for p in copies], skipped_files=skipped, num_layers=selection.num_layers,
         notes=notes, nonfinite_blocks=nonfinite, seconds=time.monotonic() - start)

@@ -111,7 +111,8 @@ def run_lint(args: argparse.Namespace) -> int:
         if not findings:
             return f"{len(rules)} rule(s): no findings"
         table = format_table(["SEVERITY", "CODE", "RULE", "MESSAGE"],
-                             [[f.severity, f.code, repr(f.rule), f.message] for f in findings])
+                             [[f.severity, f.code, "-" if f.rule is None else repr(f.rule), f.message]
+                              for f in findings])
         return table + f"\n\n{data['errors']} error(s), {data['warnings']} warning(s)"
 
     emit(args, data, text)

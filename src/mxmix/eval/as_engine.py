@@ -6,8 +6,10 @@ BF16, as SGLang's online ``mxfp8`` path does). So: every Linear the engine's rea
 ``compile_rules`` for that engine) would quantize and which is stored BF16 is quantized here with
 `mxmix.mx`; stored-MXFP8 modules stay MXFP8 whatever the reading says (an engine cannot recover the BF16
 weight; such modules are listed as ``stored_fp8_engine_keeps`` — a real engine would misload them).
-Serving engines (SGLang, vLLM) decide on their fused runtime modules (``qkv_proj``, ``gate_up_proj``);
-an ``error`` answer (some but not all shards kept) is raised, as the engine raises at load time.
+The per-module decisions come from `mxmix.rules.plan.plan_checkpoint` (the same table `mxmix plan` and
+`mxmix audit` show): serving engines decide on their fused runtime modules (``qkv_proj``,
+``gate_up_proj``, FusedMoE), and an ``error`` answer (some but not all shards kept) is raised, as the
+engine raises at load time. The LM head is left as stored: these engines' FP8 methods do not quantize it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from mxmix.checkpoint.dialects import SCALE_SUFFIXES
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.errors import MxmixError
-
-FUSING_FAMILIES = ("sglang", "vllm")
-_SHARD_TO_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-                   "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
 
 
 @dataclass
@@ -48,26 +45,6 @@ class EngineView:
         return s
 
 
-def runtime_path(path: str, family: str) -> str:
-    """The module path the engine tests: fused names for the serving engines."""
-    head, _, last = path.rpartition(".")
-    if family in FUSING_FAMILIES and last in _SHARD_TO_FUSED:
-        return f"{head}.{_SHARD_TO_FUSED[last]}"
-    return path
-
-
-def stored_fp8_modules(ckpt: Checkpoint) -> set[str]:
-    """Module paths whose weight is stored as FP8 (or carries an MX scale tensor)."""
-    out = set()
-    for name, loc in ckpt.tensors.items():
-        if name.endswith(".weight") and loc.info.dtype.startswith("F8"):
-            out.add(name[: -len(".weight")])
-        for suf in SCALE_SUFFIXES:
-            if name.endswith("." + suf):
-                out.add(name[: -len(suf) - 1])
-    return out
-
-
 def quantizable_linears(model: Any) -> list[tuple[str, Any]]:
     """Every Linear a quantizing engine would touch: all but the LM head (and embeddings, not Linear)."""
     from torch import nn
@@ -91,21 +68,23 @@ def fake_quantize_(linear: Any, scale_mode: str = "rceil") -> None:
 
 
 def engine_view(ckpt: Checkpoint, module_paths: list[str], engine: str) -> EngineView:
-    """Classify each module path by what ``engine`` does with it (no model needed)."""
-    from mxmix.rules import ENGINES, compile_rules, skip_list_for
+    """Classify each module path by what ``engine`` does with it (headers and config only)."""
+    from mxmix.rules import ENGINES
+    from mxmix.rules.plan import plan_checkpoint
 
     if engine not in ENGINES:
         raise MxmixError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-    family = ENGINES[engine].family
-    skip = skip_list_for(ckpt.quantization_config, engine, ckpt.read_json("hf_quant_config.json"))
-    reading = compile_rules(skip, engine)
-    fp8 = stored_fp8_modules(ckpt)
-    view = EngineView(engine, list(skip))
+    plan = plan_checkpoint(ckpt, [engine])
+    rows = {r.module.path: r for r in plan.rows}
+    view = EngineView(engine, list(plan.skip_lists.get(engine, [])))
     for path in module_paths:
-        d = reading.decide(runtime_path(path, family))
+        row = rows.get(path)
+        if row is None:
+            raise MxmixError(f"{ckpt.root}: the model has a Linear {path} that the checkpoint does not store")
+        d = row.decisions[engine]
         if d.decision == "error":
             raise MxmixError(f"{engine} would refuse to load this checkpoint: {d.path}: {d.reason}")
-        if path in fp8:
+        if row.module.quantized:
             (view.stored_fp8_engine_keeps if d.keep else view.stored_fp8).append(path)
         else:
             (view.kept_bf16 if d.keep else view.quantized_online).append(path)

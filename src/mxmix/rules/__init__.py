@@ -12,6 +12,10 @@ from mxmix.errors import MxmixError
 from mxmix.rules.config_keys import skip_list_for
 from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, QUANTIZE, Decision, Fused, normalise_fused
 from mxmix.rules.engines import ENGINES, EngineInfo, engines_for_dialect, engines_for_quant_method, get_engine
+
+# Imported eagerly so that mxmix.rules.lint is the function, not the submodule of the same name
+# (a submodule import binds the package attribute only when the submodule is first loaded).
+from mxmix.rules.lint import LintFinding, lint
 from mxmix.rules.primitives import INDEXED, REFERENCE
 from mxmix.rules.reading import BoundReading
 
@@ -50,13 +54,6 @@ def reference_rules(rules: Sequence[str], engine: str = "canonical", fused: Fuse
     return BoundReading(engine, rule_tuple, info.build(rule_tuple, normalise_fused(fused), REFERENCE))
 
 
-def lint(rules: Sequence[str], modules: Sequence[str] | None = None, engines: Sequence[str] | None = None):
-    """Findings about a rule list (see mxmix.rules.lint)."""
-    from mxmix.rules.lint import lint as _lint
-
-    return _lint(rules, modules=modules, engines=engines)
-
-
 __all__ = [
     "DEFAULT_FUSED",
     "ENGINES",
@@ -66,6 +63,7 @@ __all__ = [
     "CompiledRules",
     "Decision",
     "EngineInfo",
+    "LintFinding",
     "compile_rules",
     "decide",
     "engines_for_dialect",

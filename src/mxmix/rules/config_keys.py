@@ -137,7 +137,9 @@ def skip_list_for(quantization_config: Mapping[str, Any] | None, engine: str,
                   environ: Mapping[str, str] | None = None) -> list[str]:
     """The skip list ``engine`` reads from this config, with that consumer's key precedence.
 
-    ``hf_quant_config`` is ModelOpt's ``hf_quant_config.json`` (its nested
+    For ``sglang-fp8config`` the list comes back after Fp8Config's ``model.`` normalisation (each
+    entry without a leading ``model.`` and with it), which is what its matcher receives; reading
+    it again with that engine is idempotent. ``hf_quant_config`` is ModelOpt's ``hf_quant_config.json`` (its nested
     ``quantization.exclude_modules`` wins for ModelOpt methods). ``environ`` stands for the
     serving process's environment (SGLang appends ``SGLANG_FP8_IGNORED_LAYERS``); it is not read
     from this process unless passed.
@@ -146,6 +148,12 @@ def skip_list_for(quantization_config: Mapping[str, Any] | None, engine: str,
     if not isinstance(qc, Mapping):
         raise MxmixError("quantization_config must be a JSON object")
     family = get_engine(engine).family
+    if engine == "sglang-fp8config":
+        # Fp8Config hands is_layer_skipped the list after its model. normalisation
+        from mxmix.rules.engines.sglang import fp8config_entries
+
+        raw = _sglang(qc, hf_quant_config, environ)
+        return list(dict.fromkeys(e for _, e in fp8config_entries(raw)))
     if family == "sglang":
         return _sglang(qc, hf_quant_config, environ)
     if family == "vllm":

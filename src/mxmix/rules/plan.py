@@ -17,6 +17,7 @@ from typing import Any
 from mxmix.checkpoint.dialects import recognise_dialect
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.checkpoint.modules import LinearModule, linear_modules
+from mxmix.errors import MxmixError
 from mxmix.rules.config_keys import skip_list_for
 from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, Decision
 from mxmix.rules.engines import engines_for_dialect, get_engine
@@ -136,7 +137,12 @@ def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None
             continue
         rules = skip_list_for(qc, name, hf_quant if isinstance(hf_quant, dict) else None)
         skip_lists[name] = rules
-        compiled = compile_rules(rules, name)
+        try:
+            compiled = compile_rules(rules, name)
+        except MxmixError as exc:  # e.g. an invalid re: rule in the canonical reading
+            decisions[name] = {m.path: Decision(m.path, name, ERROR, None, str(exc)) for m in modules}
+            notes.append(f"{name}: {exc}")
+            continue
         cache: dict[str, Decision] = {}
         per: dict[str, Decision] = {}
         for m in modules:

@@ -16,10 +16,11 @@ BOUNDARY = DOT_BOUNDARY
 
 
 def build_transformers(rules, fused, backend) -> PathReading:
-    """5.24: ``re.match(rule + boundary, name)`` or ``name.endswith(rule)``; a bad pattern raises."""
+    """5.24: ``re.match("(?:rule)" + boundary, name)`` or ``name.endswith(rule)``; a bad pattern raises."""
     simple = [(i, r) for i, r in enumerate(rules) if is_dot_wildcard_literal(r)]
     wild = backend.dot_wildcard(simple)
-    regex = backend.regex([(i, r + BOUNDARY) for i, r in enumerate(rules) if not is_dot_wildcard_literal(r)])
+    # transformers groups the key, so the boundary applies to every alternative of a '|' rule
+    regex = backend.regex([(i, f"(?:{r}){BOUNDARY}") for i, r in enumerate(rules) if not is_dot_wildcard_literal(r)])
     ends = backend.ends_with(list(enumerate(rules)))
 
     def reading(path: str) -> Verdict:
