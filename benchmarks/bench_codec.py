@@ -3,7 +3,8 @@
 Goal (issue 3): quantize ≥ 1 GB/s of bf16 input on 2 cores. Baselines measured in the same run:
 a plain ``tensor.clone()`` of the input (memory copy: the floor for any codec that returns new tensors)
 and the straightforward unchunked torch implementation (upcast, abs, amax, multiply, clamp, cast over
-the whole tensor). Each number is the best of several repetitions (other processes share the CPU).
+the whole tensor). Each number is the best of several round-robin repetitions (other processes may
+share the CPU).
 
     python3 benchmarks/bench_codec.py [--rows 4096 --cols 8192] [--threads N] [--json]
 """
@@ -22,18 +23,6 @@ from mxmix.mx import fast
 from mxmix.mx.e8m0 import inverse_scale_from_bytes, scale_bytes_from_amax
 
 GOAL_GBPS = 1.0
-
-
-def best_seconds(fn, repeats: int) -> tuple[float, float]:
-    """(best wall seconds, CPU seconds of that same repetition, all threads of this process)."""
-    fn()
-    best = (float("inf"), float("inf"))
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
-        best = min(best, (wall, cpu))
-    return best
 
 
 def naive_quantize(x: torch.Tensor, scale_mode: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,29 +68,41 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     x = torch.randn(args.rows, args.cols, dtype=torch.bfloat16)
     gb = x.nbytes / 1e9
+    x16 = x.to(torch.float16)
+    x32 = x.float()
+    q, s = fast.quantize(x, 32, "rceil")
+    cases = [
+        ("baseline: clone of the bf16 input", x.clone, gb),
+        ("baseline: unchunked torch quantize (rceil)", lambda: naive_quantize(x), gb),
+        ("fast quantize bf16 rceil", lambda: fast.quantize(x, 32, "rceil"), gb),
+        ("fast quantize bf16 floor", lambda: fast.quantize(x, 32, "floor"), gb),
+        ("fast quantize bf16 rceil, torch intra-op threads", lambda: intra_op_quantize(x), gb),
+        ("fast quantize fp16 rceil", lambda: fast.quantize(x16, 32, "rceil"), x16.nbytes / 1e9),
+        ("fast quantize fp32 rceil", lambda: fast.quantize(x32, 32, "rceil"), x32.nbytes / 1e9),
+        ("fast dequantize → bf16 (GB/s of bf16 output)", lambda: fast.dequantize(q, s, torch.bfloat16), gb),
+    ]
+    # round robin: every case sees the same mix of quiet and busy moments; keep each one's best
+    best = {name: (float("inf"), float("inf")) for name, _, _ in cases}
+    for _, fn, _ in cases:
+        fn()
+    for _ in range(args.repeats):
+        for name, fn, _ in cases:
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - t, time.process_time() - c))
     rows = []
-
-    def measure(name: str, fn, nbytes: float = gb) -> float:
-        wall, cpu = best_seconds(fn, args.repeats)
+    for name, _, nbytes in cases:
+        wall, cpu = best[name]
         rows.append({"case": name, "ms": wall * 1e3, "GBps_input": nbytes / wall, "cpu_s": cpu,
                      "GB_per_cpu_second": nbytes / cpu if cpu > 0 else float("nan")})
-        return nbytes / wall
-
-    clone = measure("baseline: clone of the bf16 input", x.clone)
-    naive = measure("baseline: unchunked torch quantize (rceil)", lambda: naive_quantize(x))
-    rceil = measure("fast quantize bf16 rceil", lambda: fast.quantize(x, 32, "rceil"))
-    floor = measure("fast quantize bf16 floor", lambda: fast.quantize(x, 32, "floor"))
-    measure("fast quantize bf16 rceil, torch intra-op threads", lambda: intra_op_quantize(x))
-    x16 = x.to(torch.float16)
-    measure("fast quantize fp16 rceil", lambda: fast.quantize(x16, 32, "rceil"), x16.nbytes / 1e9)
-    x32 = x.float()
-    measure("fast quantize fp32 rceil", lambda: fast.quantize(x32, 32, "rceil"), x32.nbytes / 1e9)
-    q, s = fast.quantize(x, 32, "rceil")
-    measure("fast dequantize → bf16 (GB/s of bf16 output)", lambda: fast.dequantize(q, s, torch.bfloat16))
+    speed = {r["case"]: r["GBps_input"] for r in rows}
+    clone, naive = speed[cases[0][0]], speed[cases[1][0]]
+    rceil, floor = speed[cases[2][0]], speed[cases[3][0]]
 
     result = {
         "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average_1min": os.getloadavg()[0], "torch": torch.__version__, "shape": [args.rows, args.cols], "goal_GBps": GOAL_GBPS, "cases": rows,
+        "load_average_1min": os.getloadavg()[0], "torch": torch.__version__, "shape": [args.rows, args.cols],
+        "goal_GBps": GOAL_GBPS, "cases": rows,
         "rceil_ratio_to_goal": rceil / GOAL_GBPS, "floor_ratio_to_goal": floor / GOAL_GBPS,
         "rceil_speedup_vs_naive": rceil / naive, "rceil_fraction_of_clone": rceil / clone,
     }

@@ -18,6 +18,21 @@ def refuse_existing(dst: Path, force: bool) -> None:
         raise MxmixError(f"{dst} already exists; pass --force to overwrite it")
 
 
+def apply_umask(path: Path, files: bool = False) -> None:
+    """Give a path made by ``tempfile`` (mode 0700/0600) the permissions of an ordinary mkdir/open;
+    with ``files``, a directory's files too (some writers create them 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        if files:
+            for p in path.iterdir():
+                if p.is_file() and not p.is_symlink():
+                    os.chmod(p, 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
 def _replace(tmp: Path, dst: Path, force: bool) -> None:
     refuse_existing(dst, force)
     if dst.exists():
@@ -41,6 +56,7 @@ def atomic_output_dir(dst: str | os.PathLike[str], force: bool = False) -> Itera
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         _replace(tmp, dst, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -58,6 +74,8 @@ def atomic_output_file(dst: str | os.PathLike[str], force: bool = False) -> Iter
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():
+            apply_umask(tmp)
         _replace(tmp, dst, force)
     except BaseException:
         tmp.unlink(missing_ok=True)

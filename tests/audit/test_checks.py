@@ -189,3 +189,29 @@ def test_findings_group_modules(converted):
                 "sglang-23467")
     assert f.groups == ["model.layers.[4-5].mlp.{down_proj,gate_proj,up_proj}",
                         "model.layers.[4-5].self_attn.{k_proj,o_proj,q_proj,v_proj}"]
+
+
+def test_seed_case_with_stacked_experts(tmp_path):
+    """Stacked [E, N, K] expert tensors: the FusedMoE of a prefix-listed layer is misread as a whole."""
+    src = write_synthetic_checkpoint(tmp_path / "bf16", SyntheticSpec(layers=4, moe="stacked"))
+    dst = tmp_path / "prefix"
+    quantize_checkpoint(src, dst, keep_last=1, skip_list_style="prefix", progress=False)
+    result = audit_checkpoint(dst, engines=["sglang", "sglang-23467"])
+    assert [v.clean for v in result.verdicts] == [True, False]
+    f = by_code(result, "engine-quantizes-stored-bf16", "sglang-23467")
+    assert set(f.modules) == {"model.layers.3.mlp.experts", "model.layers.3.mlp.gate",
+                              *(f"model.layers.3.self_attn.{p}_proj" for p in "qkvo")}
+    assert not [f for f in result.findings if f.check in ("config", "structure")]
+
+
+def test_non_mx_fp8_and_k_not_multiple_of_32(tmp_path):
+    def e5m2(t):
+        name = "model.layers.0.mlp.gate_proj.weight"
+        t[name] = t[name].float().to(torch.float8_e5m2)
+    d = build(tmp_path / "c", SyntheticSpec(layers=1, hidden=48, intermediate=96, heads=4, kv_heads=4),
+              fp8=_quantize_all_but(), skip_list=["lm_head"], mutate=e5m2)
+    result = audit_checkpoint(d, engines=["sglang"])
+    assert by_code(result, "fp8-not-mxfp8").modules == ("model.layers.0.mlp.gate_proj",)
+    k48 = by_code(result, "k-not-multiple-of-32")
+    assert set(k48.modules) == {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
+                                *(f"model.layers.0.self_attn.{p}_proj" for p in "qkvo")}

@@ -130,6 +130,7 @@ def skip_list_not_a_list(d: Path) -> None:
 
 F32x2 = b"\0" * 8
 ENTRY = json.dumps(GOOD_ENTRY)
+EMPTY_U8 = json.dumps({"dtype": "U8", "shape": [0], "data_offsets": [0, 0]})
 CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     # --- one safetensors file: framing --------------------------------------------------------------
     "zero-length file": (one_file(b""), "shorter than the 8-byte header length"),
@@ -150,6 +151,9 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "duplicate key 'dtype'"),
     "duplicate name hidden by a non-object first value": (
         one_file(st_bytes(f'{{"w": 5, "w": {ENTRY}}}', F32x2)), "duplicate key 'w'"),
+    "duplicate name disguised by escaped colons": (
+        one_file(st_bytes('{"a\\u003a\\u003a\\u003a\\u003a": %s, "b": %s, "b": %s}' % ((EMPTY_U8,) * 3))),
+        "duplicate key 'b'"),
     "NaN in data_offsets": (
         one_file(st_bytes('{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, NaN]}}', F32x2)),
         "NaN is not allowed in strict JSON"),
@@ -343,15 +347,16 @@ def test_fast_duplicate_check_matches_strict_parse():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from mxmix.checkpoint.safetensors_header import parse_header_bytes
+    from mxmix.checkpoint.safetensors_header import _tensor_info, parse_header_bytes, read_entries
 
     names = st.one_of(st.text(alphabet='ab:."\\\u00e9{}', min_size=1, max_size=4),
                       st.sampled_from(['RAW:"a\\u003a"', 'RAW:"\\u003a"', 'RAW:"b\\\\"']))
+    valid = st.builds(lambda n: json.dumps({"dtype": "U8", "shape": [n], "data_offsets": [0, n]}), st.integers(0, 3))
     entry = st.builds(lambda d, s, o, extra: json.dumps({"dtype": d, "shape": s, "data_offsets": o, **extra}),
                       st.sampled_from(["F32", "BF16", "U8", "x:y"]),
                       st.lists(st.integers(0, 4), max_size=2), st.lists(st.integers(0, 9), min_size=2, max_size=2),
                       st.dictionaries(st.sampled_from(["k", "k:"]), st.sampled_from(["v", "v:", 1]), max_size=1))
-    raw_entry = st.one_of(entry, st.sampled_from(['{"dtype": "F32", "dtype": "F32"}', "5", '"s:t"', "[1, 2]",
+    raw_entry = st.one_of(valid, valid, entry, st.sampled_from(['{"dtype": "F32", "dtype": "F32"}', "5", '"s:t"', "[1, 2]",
                                                   '{"a": {"b": "c:"}}']))
     meta = st.dictionaries(st.sampled_from(["format", "a:b", "c"]), st.sampled_from(["pt", "x:y", ""]), max_size=2)
     pair = st.one_of(st.tuples(names, raw_entry),
@@ -372,5 +377,16 @@ def test_fast_duplicate_check_matches_strict_parse():
                 parse_header_bytes(text.encode(), "x")
         else:
             assert parse_header_bytes(text.encode(), "x") == expected
+        # the fused hot path (parse + validate + duplicate proof) agrees with strict parse + per-entry checks
+        try:
+            ref = None if expected is None else (
+                {n: _tensor_info(n, e, "x") for n, e in expected[0].items()}, expected[1])
+        except CheckpointError:
+            ref = None
+        if ref is None:
+            with pytest.raises(CheckpointError):
+                read_entries(text.encode(), "x")
+        else:
+            assert read_entries(text.encode(), "x") == ref
 
     check()

@@ -220,3 +220,28 @@ def test_bad_data_files(tmp_path) -> None:
     rows = g.load_jsonl(DATA)
     with pytest.raises(MxmixError, match="nothing left"):
         g.plan_requests(rows[:3], "sglang", 5, None)
+
+
+def test_cli_out_compare_and_errors(scripted_server, tmp_path, capsys) -> None:
+    from mxmix.cli.main import main
+
+    _, url = scripted_server
+    rows = g.load_jsonl(DATA)
+    _Scripted.answers = {p.question: " " + p.answer for p in rows[5:9]}
+    _Scripted.fail_first = {}
+    base = ["eval", "gsm8k", "--base-url", url, "--data", str(DATA), "--num-examples", "8", "--no-progress"]
+    first = tmp_path / "first.json"
+    assert main([*base, "--out", str(first)]) == 0
+    text = capsys.readouterr().out
+    assert "score 0.5000 (4/8)" in text and "Wilson" in text
+    assert len(json.loads(first.read_text())["items"]) == 8
+    _Scripted.answers = {p.question: " " + p.answer for p in rows[5:13]}
+    assert main([*base, "--compare", str(first), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["score"] == 1.0 and doc["compare"]["current_only"] == 4 and doc["compare"]["baseline_only"] == 0
+    assert main([*base, "--out", str(first)]) == 2  # never overwrite without --force
+    assert "already exists" in capsys.readouterr().err
+    assert main([*base, "--compare", str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main([*base, "--data", str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -67,3 +67,18 @@ def test_compressed_tensors_reading_equals_match_name(rules, path):
     real = _outcome(lambda: any(match.match_name(path, r, fused) for r in rules))
     assert decide(path, rules, "compressed-tensors").decision == real, (rules, path)
     assert compile_rules(rules, "compressed-tensors").decide(path).decision == real
+
+
+@pytest.mark.parametrize("qc", [
+    {"quant_method": "mxfp8", "ignored_layers": ["a"]},
+    {"quant_method": "mxfp8", "modules_to_not_convert": ["b"], "ignored_layers": ["a"]},
+    {"quant_method": "fp8", "modules_to_not_convert": None, "ignored_layers": ["a"]},
+    {"quant_method": "mxfp8", "modules_to_not_convert": [], "ignored_layers": ["a"]},
+    {"quant_method": "fp8", "modules_to_not_convert": ["b"]},
+])
+def test_transformers_key_precedence_equals_its_config_class(qc):
+    from mxmix.rules import skip_list_for
+
+    config = pytest.importorskip("transformers.utils.quantization_config")
+    real = config.FineGrainedFP8Config.from_dict(dict(qc)).modules_to_not_convert
+    assert skip_list_for(qc, "transformers") == real

@@ -28,6 +28,8 @@ def test_vllm_fp8_falls_back_when_empty_but_flat_mxfp8_reads_only_ignored_layers
                          "vllm") == ["b"]
     assert skip_list_for({"quant_method": "mxfp8", "modules_to_not_convert": ["b"]}, "vllm") == []
     assert skip_list_for(BOTH, "vllm-substring") == ["a"]
+    # the older vLLM's online mxfp8 fell back to modules_to_not_convert
+    assert skip_list_for({"quant_method": "mxfp8", "modules_to_not_convert": ["b"]}, "vllm-substring") == ["b"]
 
 
 def test_transformers_prefers_modules_to_not_convert_with_alias():

@@ -130,8 +130,9 @@ def test_sglang_compressed_tensors_suffix_not_prefix():
     assert decide("model.layers.0.mlp.down_proj", ["model.layers.0.mlp"], e).decision == N
     assert decide("model.layers.0.mlp.down_proj", ["layers.0.mlp.down_proj"], e).decision == Y
     assert decide("model.layers.0.mlp.xdown_proj", ["down_proj"], e).decision == N
-    # fused name listed: shards are not consulted
-    assert decide("model.layers.0.self_attn.qkv_proj", ["self_attn.qkv_proj"], e).decision == Y
+    # only a literal listing of the fused name skips the shard check; a suffix rule does not
+    assert decide("model.layers.0.self_attn.qkv_proj", ["model.layers.0.self_attn.qkv_proj"], e).decision == Y
+    assert decide("model.layers.0.self_attn.qkv_proj", ["self_attn.qkv_proj"], e).decision == N
 
 
 def test_sglang_modelopt_components_and_tails():
@@ -232,3 +233,21 @@ def test_every_engine_has_metadata():
     for info in ENGINES.values():
         assert info.version and info.source and info.summary
         assert info.to_dict()["name"] == info.name
+
+
+@pytest.mark.parametrize("engine", ["sglang-compressed-tensors", "vllm-compressed-tensors"])
+def test_compressed_tensors_engines_check_shards_unless_fused_name_literally_listed(engine):
+    qkv = "model.layers.0.self_attn.qkv_proj"
+    # a regex that matches the fused path does not stop the shard check (the name is not *in* the list)
+    d = decide(qkv, [r"re:model\.layers\.0\.self_attn\.(qkv|q)_proj$"], engine)
+    assert d.decision == ERR and "ValueError" in d.reason
+    assert decide(qkv, [r"re:model\.layers\.0\.self_attn\.qkv_proj$"], engine).decision == N
+    assert decide(qkv, [qkv], engine).decision == Y
+
+
+def test_sglang_23467_fallback_unfuses_linear_attention():
+    path = "model.layers.0.linear_attn.in_proj_ba"
+    assert decide(path, ["model.layers.0.linear_attn.in_proj_a"], "sglang-23467").decision == ERR
+    assert decide(path, ["model.layers.0.linear_attn.in_proj_ba"], "sglang-23467").decision == N
+    # 0.5.23 treats in_proj_ba as the real tensor it is
+    assert decide(path, ["model.layers.0.linear_attn.in_proj_ba"], "sglang").decision == Y

@@ -8,7 +8,6 @@ name, K not a multiple of 32) are checked here too: they break every reader.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,7 +59,6 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
             sdtype, sshape = _scale_info(ckpt, v.scale)
             if sdtype not in SCALE_DTYPES:
                 bad_scale_dtype.append(v.path)
-                non_mx.append(v.path)
             elif v.dtype != "F8_E4M3":
                 non_mx.append(v.path)
             elif tuple(sshape) != expected_scale_shape(v.shape):
@@ -179,10 +177,3 @@ def _skip_keys(ckpt: Checkpoint, dialect: str) -> list[Finding]:
             f"Consumers that read {missing} first (or only) fall back differently; writing both keys, "
             "identical, makes every engine read the same list.", ())]
     return []
-
-
-def group_by_reason(decisions: dict[str, Decision], paths: Sequence[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = defaultdict(list)
-    for p in paths:
-        out[decisions[p].reason].append(p)
-    return out

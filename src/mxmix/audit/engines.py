@@ -58,14 +58,9 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
         applies = declared and plan.dialect in info.dialects
         keeps, quantizes, raises = [], [], []
         reasons: dict[str, list[str]] = {}
-        seen: set[tuple[str, str]] = set()
         for row in plan.rows:
             d = row.decisions[engine]
             m = row.module
-            key = (m.path, m.weight)
-            if key in seen:
-                continue
-            seen.add(key)
             if d.decision == ERROR:
                 raises.append(m.path)
                 reasons.setdefault(d.reason, []).append(m.path)
@@ -73,6 +68,8 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
                 keeps.append(m.path)
             elif d.decision != KEEP and not m.quantized:
                 quantizes.append(m.path)
+        # stacked experts: two weights (gate_up, down) under one FusedMoE path
+        keeps, quantizes, raises = (list(dict.fromkeys(x)) for x in (keeps, quantizes, raises))
         verdicts.append(EngineVerdict(engine, info.version, applies, len(plan.skip_lists.get(engine, [])),
                                       len(keeps), len(quantizes), len(raises)))
         if not declared:
@@ -84,8 +81,11 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
         else:
             loads = ", ".join(info.dialects) or "no MXFP8 dialect"
             scope = (f"{who} does not load {plan.dialect}-dialect checkpoints (it reads {loads}); "
-                     f"if this skip list were reused there, it")
+                     f"were it given this one, it")
         rules = plan.skip_lists.get(engine, [])
+        if not rules:
+            scope += (" would find no skip list under the keys it reads and" if not applies
+                      else " finds no skip list under the keys it reads, so it")
         detail = {"skip_list_entries": len(rules), "consumes_dialect": applies,
                   "engine_summary": info.summary}
         if keeps:

@@ -30,7 +30,7 @@ from mxmix.checkpoint.selection import (
     select_modules,
 )
 from mxmix.checkpoint.skiplist import STYLES, build_skip_list
-from mxmix.checkpoint.writer import OutTensor, ShardPlan, ShardWriter, apply_umask, plan_shards, write_index
+from mxmix.checkpoint.writer import OutTensor, ShardPlan, ShardWriter, plan_shards, write_index
 from mxmix.errors import MxmixError
 from mxmix.fsutil import atomic_output_dir, refuse_existing
 
@@ -385,8 +385,6 @@ def _write_output(tmp: Path, plans: list[ShardPlan], ordered: list[list[_Job]],
                   config: dict[str, Any], side: dict[str, Any], copies: list[Path], scale_mode: str,
                   device: str, allow_nonfinite: bool, nonfinite: dict[str, int], bar: Any) -> None:
     from mxmix.checkpoint.safetensors_header import read_header
-
-    apply_umask(tmp)
     handles: dict[Path, Any] = {}
     try:
         for plan, jobs in zip(plans, ordered):

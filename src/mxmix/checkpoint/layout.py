@@ -12,7 +12,13 @@ import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mxmix.checkpoint.safetensors_header import SafetensorsHeader, TensorInfo, read_header, read_tensor
+from mxmix.checkpoint.safetensors_header import (
+    SafetensorsHeader,
+    TensorInfo,
+    _gc_paused,
+    read_header,
+    read_tensor,
+)
 from mxmix.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -120,8 +126,9 @@ class Checkpoint:
                     raise CheckpointError(f"{root}/{INDEX_NAME}: names shard {f!r}, which does not exist")
                 if not p.is_file():
                     raise CheckpointError(f"{root}/{INDEX_NAME}: shard {f!r} is not a regular file")
-            headers = [read_header(p) for p in paths]
-            tensors = _locations(headers)
+            with _gc_paused():   # 10^5 small acyclic objects: no point scanning them mid-build
+                headers = [read_header(p) for p in paths]
+                tensors = _locations(headers)
             header_of = {f: h for f, h in zip(files, headers)}
             for name, fname in weight_map.items():
                 loc = tensors.get(name)
@@ -136,8 +143,9 @@ class Checkpoint:
                 raise CheckpointError(f"{root}: no .safetensors weights{hint}")
             for p in paths:
                 confined(root, p.name, str(root))
-            headers = [read_header(p) for p in paths]
-            tensors = _locations(headers)
+            with _gc_paused():   # 10^5 small acyclic objects: no point scanning them mid-build
+                headers = [read_header(p) for p in paths]
+                tensors = _locations(headers)
         return cls(root, config, headers, tensors, index)
 
     @property

@@ -115,22 +115,54 @@ def parse_header_bytes(raw: bytes, where: str) -> tuple[dict[str, dict[str, Any]
     by counting colons (see :func:`_colons_account_for`); only when that proof fails (escapes in the
     text, or an actual duplicate) is the text re-parsed with a duplicate-checking hook.
     """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{where}: header is not valid JSON ({exc})") from None
+    text = _decode(raw, where)
     with _gc_paused():
         obj = _loads(text, where)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where}: header is not a JSON object")
     if not _colons_account_for(raw, obj):
         obj = _loads(text, where, _no_duplicate_keys)   # raises on the duplicate
+    meta = _pop_metadata(obj, where)
+    return obj, meta
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{where}: header is not valid JSON ({exc})") from None
+
+
+def _pop_metadata(obj: dict[str, Any], where: str) -> dict[str, str]:
     meta = obj.pop("__metadata__", None)
     if meta is None:
         meta = {}
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise CheckpointError(f"{where}: __metadata__ must map strings to strings")
-    return obj, meta
+    return meta
+
+
+def read_entries(raw: bytes, where: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """``parse_header_bytes`` + per-tensor validation in one pass (the hot path of ``read_header``).
+
+    The duplicate-key proof is folded into the validation loop: for entries with exactly the three
+    standard keys (validated, so their only string is a known dtype without ':'), the structural
+    colons are one per top-level key, three per entry and one per metadata key.
+    """
+    text = _decode(raw, where)
+    with _gc_paused():
+        obj = _loads(text, where)
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{where}: header is not a JSON object")
+        had_meta = "__metadata__" in obj
+        meta = _pop_metadata(obj, where)
+        infos, regular = _tensor_infos(obj, where)
+    if regular and b"\\" not in raw:
+        strings = "".join(obj) + "".join(meta) + "".join(meta.values())
+        if raw.count(b":") == len(obj) * 4 + had_meta + len(meta) + strings.count(":"):
+            return infos, meta
+    entries, meta = parse_header_bytes(raw, where)   # proves there is no duplicate, or raises
+    return _tensor_infos(entries, where)[0], meta
 
 
 def _colons_account_for(raw: bytes, obj: dict[str, Any]) -> bool:
@@ -194,12 +226,13 @@ def _tensor_info(name: str, entry: Any, where: str) -> TensorInfo:
     return info
 
 
-def _tensor_infos(entries: dict[str, Any], where: str) -> dict[str, TensorInfo]:
-    """All entries → TensorInfo; the common case inline, anything unusual through :func:`_tensor_info`
-    (which raises the precise error)."""
+def _tensor_infos(entries: dict[str, Any], where: str) -> tuple[dict[str, TensorInfo], bool]:
+    """All entries → TensorInfo, and whether every entry had exactly the three standard keys; the
+    common case inline, anything unusual through :func:`_tensor_info` (which raises the precise error)."""
     sizes = DTYPE_SIZES
     new = tuple.__new__
     out: dict[str, TensorInfo] = {}
+    regular = True
     with _gc_paused():
         for name, e in entries.items():
             try:
@@ -217,12 +250,14 @@ def _tensor_infos(entries: dict[str, Any], where: str) -> dict[str, TensorInfo]:
             except (KeyError, TypeError, ValueError):
                 out[name] = _tensor_info(name, e, where)   # raises
                 continue
+            if len(e) != 3:
+                regular = False
             out[name] = new(TensorInfo, (name, dtype, tuple(shape), begin, end))
     names = "".join(out)
     if "" in out or _CONTROL.search(names):
         bad = next(n for n in out if not n or _CONTROL.search(n))
         _tensor_info(bad, entries[bad], where)
-    return out
+    return out, regular
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
@@ -253,8 +288,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
                 raise CheckpointError(f"{where}: truncated while reading the header")
     except OSError as exc:
         raise CheckpointError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    entries, meta = parse_header_bytes(raw, where)
-    tensors = _tensor_infos(entries, where)
+    tensors, meta = read_entries(raw, where)
     data_len = size - 8 - n
     expected = 0
     for info in tensors.values():        # writers lay tensors out in header order: check that first

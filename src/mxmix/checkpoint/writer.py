@@ -201,18 +201,6 @@ class ShardWriter:
             self._f.close()
 
 
-def apply_umask(path: Path, files: bool = False) -> None:
-    """Give a directory made by ``tempfile.mkdtemp`` (mode 0700) the permissions of an ordinary ``mkdir``;
-    with ``files``, its files too (some writers create them 0600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(path, 0o777 & ~mask)
-    if files:
-        for p in path.iterdir():
-            if p.is_file() and not p.is_symlink():
-                os.chmod(p, 0o666 & ~mask)
-
-
 def write_index(directory: Path, shards: Sequence[ShardPlan]) -> Path:
     """model.safetensors.index.json for a sharded output (HF layout)."""
     weight_map = {t.name: s.filename for s in shards for t in s.tensors}

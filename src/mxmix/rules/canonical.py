@@ -109,8 +109,9 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
     children = backend.exact(child_entries)
     has_patterns = any(f.kind in ("regex", "glob") for f in forms)
 
-    def direct(path: str) -> tuple[int | None, str]:
-        parts = tuple(path.split("."))
+    def direct(path: str, parts: Sequence[str] | None = None) -> tuple[int | None, str]:
+        if parts is None:
+            parts = path.split(".")
         best = plain.first(parts)
         h = patterns.first(path, parts)
         if h is not None and (best is None or h < best):
@@ -127,10 +128,10 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
         return best, why
 
     def reading(path: str) -> Verdict:
-        hit, why = direct(path)
+        parts = path.split(".")
+        hit, why = direct(path, parts)
         if hit is not None:
             return KEEP, hit, why
-        parts = path.split(".")
         last = parts[-1]
         if last in fused:
             shard_paths = [".".join([*parts[:-1], s]) for s in fused[last]]

@@ -156,6 +156,9 @@ def skip_list_for(quantization_config: Mapping[str, Any] | None, engine: str,
         return list(dict.fromkeys(e for _, e in fp8config_entries(raw)))
     if family == "sglang":
         return _sglang(qc, hf_quant_config, environ)
+    if engine == "vllm-substring" and qc.get("quant_method") == "mxfp8":
+        # the older vLLM online mxfp8 (quantization/mxfp8.py): ignored_layers, then modules_to_not_convert
+        return _first_nonempty(qc, "ignored_layers", "modules_to_not_convert")
     if family == "vllm":
         return _vllm(qc, hf_quant_config)
     if family == "transformers":

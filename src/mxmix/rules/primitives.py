@@ -54,9 +54,10 @@ def dotted_ancestors(path: str) -> list[str]:
     return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
-def component_run(rule_parts: tuple[str, ...], path_parts: tuple[str, ...]) -> bool:
+def component_run(rule_parts: Sequence[str], path_parts: Sequence[str]) -> bool:
     """The rule's dotted components form a contiguous run of the path's components."""
     n = len(rule_parts)
+    rule_parts, path_parts = tuple(rule_parts), tuple(path_parts)
     return any(path_parts[i:i + n] == rule_parts for i in range(len(path_parts) - n + 1))
 
 

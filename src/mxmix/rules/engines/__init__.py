@@ -84,7 +84,8 @@ _ALL = (
     EngineInfo("sglang-compressed-tensors", "0.5.23",
                "sgl-project/sglang python/sglang/srt/layers/quantization/compressed_tensors/utils.py "
                "(should_ignore_layer)",
-               "re: start-anchored; plain = equal or dotted suffix; shards only when the fused name is not listed",
+               "re: start-anchored; plain = equal or dotted suffix; a fused path not literally in the list "
+               "is decided by its shards (all or ValueError)",
                "sglang", ("compressed-tensors",), ("compressed-tensors", "w8a8_int8"), False, True, True, build_sglang_compressed_tensors),
     EngineInfo("sglang-modelopt", "0.5.23",
                "sgl-project/sglang python/sglang/srt/layers/quantization/modelopt_quant.py (is_layer_excluded) "
@@ -105,7 +106,8 @@ _ALL = (
     EngineInfo("vllm-compressed-tensors", "0.33.0",
                "vllm-project/vllm vllm/model_executor/layers/quantization/compressed_tensors/utils.py "
                "(should_ignore_layer)",
-               "re: start-anchored else exact; fused path then shards; FusedMoE inspects expert 0 only",
+               "re: start-anchored else exact; a fused path not literally listed is decided by its shards; "
+               "FusedMoE inspects expert 0 only",
                "vllm", ("compressed-tensors",), ("compressed-tensors",), False, True, True, build_vllm_compressed_tensors),
     EngineInfo("vllm-modelopt", "0.33.0",
                "vllm-project/vllm vllm/model_executor/layers/quantization/modelopt.py (is_layer_excluded)",
@@ -121,7 +123,8 @@ _ALL = (
                "transformers-4", (), ("fp8",), False, False, False, build_transformers_4),
     EngineInfo("compressed-tensors", "0.20.0",
                "vllm-project/compressed-tensors src/compressed_tensors/utils/match.py",
-               "re: start-anchored else exact; a fused name matches if ANY shard matches",
+               "re: start-anchored else exact; a name ending in a fused suffix matches iff ANY shard does "
+               "(the fused name itself is not tested)",
                "compressed-tensors", ("compressed-tensors",), ("compressed-tensors",), False, True, False, build_compressed_tensors),
 )
 

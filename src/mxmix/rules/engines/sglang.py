@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mxmix.rules.decision import KEEP, QUANTIZE
+from mxmix.rules.decision import DEFAULT_FUSED, KEEP, QUANTIZE
 from mxmix.rules.primitives import Backend
 from mxmix.rules.reading import (
     EngineRaised,
@@ -77,8 +77,17 @@ def build_sglang(rules, fused, backend) -> PathReading:
     return _fp8_skipped(rules, fused, backend, "dot")
 
 
+# #23467's fallback packed mapping also unfused the Qwen3.5 linear-attention tensors (later removed:
+# they are real unified tensors, engine-semantics.md §2.2).
+FALLBACK_23467_EXTRA = {"in_proj_ba": ("in_proj_b", "in_proj_a"), "in_proj_qkvz": ("in_proj_qkv", "in_proj_z")}
+
+
 def build_sglang_23467(rules, fused, backend) -> PathReading:
-    """The #23467 state: dot-boundary without the trailing-dot strip (``model.layers.34.`` matches nothing)."""
+    """The #23467 state: dot-boundary without the trailing-dot strip (``model.layers.34.`` matches nothing).
+
+    With the default mapping, its wider fallback (``in_proj_ba``, ``in_proj_qkvz``) applies too."""
+    if fused == DEFAULT_FUSED:
+        fused = {**fused, **FALLBACK_23467_EXTRA}
     return _fp8_skipped(rules, fused, backend, "dot-raw")
 
 
@@ -103,21 +112,23 @@ def build_sglang_fp8config(rules, fused, backend) -> PathReading:
 
 
 def build_sglang_compressed_tensors(rules, fused, backend) -> PathReading:
-    """``should_ignore_layer``: ``re:`` start-anchored, else equal or dotted suffix; shards if not listed."""
+    """``should_ignore_layer``: ``re:`` start-anchored, else equal or dotted suffix. A fused path that
+    is not literally in the list is decided by its shards (all or ValueError), whatever else matches it."""
     regex = backend.regex([(i, r[3:]) for i, r in enumerate(rules) if r.startswith("re:")])
     suffix = backend.dotted_suffix([(i, r) for i, r in enumerate(rules) if not r.startswith("re:")])
+    listed = backend.exact(list(enumerate(rules)))
 
     def test(p: str) -> int | None:
         return first_hit(regex.first(p), suffix.first(p), failures=[regex.failure])
 
     def reading(path: str) -> Verdict:
+        proj = path[path.rfind(".") + 1:]
+        if proj in fused and listed.first(path) is None:
+            shards = shard_paths_replace(path, proj, fused[proj])
+            return agree_on_shards(path, shards, [test(s) for s in shards], rules)
         hit = test(path)
         if hit is not None:
             return KEEP, hit, f"rule {rules[hit]!r} matches the path (regex start, equal or dotted suffix)"
-        proj = path.split(".")[-1]
-        if proj in fused:
-            shards = shard_paths_replace(path, proj, fused[proj])
-            return agree_on_shards(path, shards, [test(s) for s in shards], rules)
         return QUANTIZE, None, "no rule matches"
 
     return reading

@@ -93,26 +93,28 @@ def build_vllm_suffix(rules, fused, backend) -> PathReading:
 
 
 def build_vllm_compressed_tensors(rules, fused, backend) -> PathReading:
-    """``should_ignore_layer``: ``re:`` start-anchored else exact; fused path first, then shards; a
-    FusedMoE looks only at expert 0's gate/up/down projections."""
+    """``should_ignore_layer``: ``re:`` start-anchored else exact. A fused path literally in the list
+    is kept; otherwise its shards decide (all or ValueError). A FusedMoE looks only at expert 0's
+    gate/up/down projections."""
     regex = backend.regex([(i, r[3:]) for i, r in enumerate(rules) if r.startswith("re:")])
     exact = backend.exact([(i, r) for i, r in enumerate(rules) if not r.startswith("re:")])
+    listed = backend.exact(list(enumerate(rules)))
 
     def test(p: str) -> int | None:
         return first_hit(regex.first(p), exact.first(p), failures=[regex.failure])
 
     def reading(path: str) -> Verdict:
-        proj = path.split(".")[-1]
+        proj = path[path.rfind(".") + 1:]
         if proj == "experts":
             shards = [f"{path}.0.{s}" for s in CT_EXPERT_ZERO]
             return agree_on_shards(path, shards, [test(s) for s in shards], rules,
                                    what="expert-0 projections")
+        if proj in fused and listed.first(path) is None:
+            shards = shard_paths_replace(path, proj, fused[proj])
+            return agree_on_shards(path, shards, [test(s) for s in shards], rules)
         hit = test(path)
         if hit is not None:
             return KEEP, hit, f"rule {rules[hit]!r} matches the path (regex start or exact name)"
-        if proj in fused:
-            shards = shard_paths_replace(path, proj, fused[proj])
-            return agree_on_shards(path, shards, [test(s) for s in shards], rules)
         return QUANTIZE, None, "no rule matches"
 
     return reading

@@ -38,6 +38,38 @@ def _e8m0_to_f32(sb):
     return bits.to(tl.float32, bitcast=True)
 
 
+# 0x87F00000 / 0x87F0 as signed constants: sign bit + the 7 magnitude bits of an E4M3 byte, moved into
+# the low exponent / high mantissa bits of an fp32 / bf16 word
+_F32_E4M3_MASK = tl.constexpr(0x87F00000 - (1 << 32))
+_BF16_E4M3_MASK = tl.constexpr(0x87F0 - (1 << 16))
+_TWO_POW_120 = tl.constexpr(1.329227995784916e36)
+_TWO_POW_120_BF16 = tl.constexpr(1.329227995784916e36)
+
+
+@triton.jit
+def _e4m3_bits_to_f32(wb):
+    """Signed E4M3 bytes (int8) -> exact fp32 values with integer operations, no conversion instructions.
+
+    Sign-extending the byte and shifting it left by 20 puts its sign in bit 31 and its exponent and
+    mantissa bits in the low exponent / high mantissa bits of an fp32 word: that word is
+    e4m3 * 2^-120 exactly, E4M3 subnormals becoming fp32 subnormals. The multiply by 2^120 is exact
+    (Triton keeps fp32 subnormal operands; the bit-exact dequantization test checks it).
+    """
+    bits = (wb.to(tl.int32) << 20) & _F32_E4M3_MASK
+    return bits.to(tl.float32, bitcast=True) * _TWO_POW_120
+
+
+@triton.jit
+def _e4m3_bits_to_bf16(wb):
+    """Signed E4M3 bytes (int8) -> exact bf16 values with integer operations and one packed multiply.
+
+    The same bit placement as `_e4m3_bits_to_f32` in a bf16 word gives e4m3 * 2^-120 (bf16 shares
+    fp32's exponent range, so subnormals stay exact); the bf16 multiply by 2^120 is exact.
+    """
+    bits = (wb.to(tl.int16) << 4) & _BF16_E4M3_MASK
+    return bits.to(tl.bfloat16, bitcast=True) * _TWO_POW_120_BF16
+
+
 @triton.jit
 def _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, pid_k, split,
             HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
@@ -75,9 +107,12 @@ def _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_o
 def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                        M, N, K, stride_xm, stride_om, k_per_split, split,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       CONVERT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    if CONVERT == 1:  # integer decode: read the bytes as int8
+        w_ptr = w_ptr.to(tl.pointer_type(tl.int8))
     KB: tl.constexpr = BLOCK_K // 32
     KS = K // 32
     offs_m = tl.arange(0, BLOCK_M)
@@ -101,7 +136,10 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
         else:
             w = tl.load(w_ptrs, mask=(k0 + koff[None, :, :]) < k_end, other=0.0)
             sb = tl.load(s_ptrs, mask=(k0 + offs_kb[None, :] * 32) < k_end, other=127)
-        wf = w.to(tl.float32)
+        if CONVERT == 1:
+            wf = _e4m3_bits_to_f32(w)
+        else:
+            wf = w.to(tl.float32)
         scale = _e8m0_to_f32(sb)                                           # [BN, KB]
         for m in tl.static_range(BLOCK_M):
             if EVEN_K:
@@ -125,9 +163,12 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
 def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                        M, N, K, stride_xm, stride_om, k_per_split, split,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       CONVERT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    if CONVERT == 1:  # integer decode: read the bytes as int8
+        w_ptr = w_ptr.to(tl.pointer_type(tl.int8))
     KB: tl.constexpr = BLOCK_K // 32
     KS = K // 32
     offs_m = tl.arange(0, BLOCK_M)
@@ -153,8 +194,20 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                 w = tl.load(w_ptrs + j * 32, mask=(kj + offs_e[:, None]) < k_end, other=0.0)
                 x = tl.load(x_ptrs + j * 32, mask=m_ok[:, None] & ((kj + offs_e[None, :]) < k_end), other=0.0)
                 sb = tl.load(s_ptrs + j, mask=(kj < k_end) & n_ok, other=127)
-            part = tl.dot(x, w.to(tl.bfloat16))
-            acc += part * _e8m0_to_f32(sb)[None, :]
+            if CONVERT == 3:
+                # fold: exact fp32 w * 2^(s-127), one rounding to bf16 (= the bf16 dequantized weight),
+                # accumulated by the dot itself (no zeroed partial, no per-block rescale of acc)
+                wb = (w.to(tl.float32) * _e8m0_to_f32(sb)[None, :]).to(tl.bfloat16)
+                acc = tl.dot(x, wb, acc)
+            else:
+                if CONVERT == 1:
+                    wb = _e4m3_bits_to_bf16(w)
+                elif CONVERT == 2:
+                    wb = w.to(tl.float32).to(tl.bfloat16)  # E4M3->F16x2, F16->F32, packed F32->BF16x2
+                else:
+                    wb = w.to(tl.bfloat16)  # Triton 3.6 on sm_90: E4M3->F16x2 then scalar F2F.BF16.F16
+                part = tl.dot(x, wb)
+                acc += part * _e8m0_to_f32(sb)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
         s_ptrs += KB
@@ -172,10 +225,21 @@ class DecodeConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    convert: str = "cvt"     # how E4M3 bytes become numbers: see CONVERTS
 
     def label(self) -> str:
-        return (f"{self.kind} n{self.block_n} k{self.block_k} s{self.split_k} "
+        conv = "" if self.convert == "cvt" else f" {self.convert}"
+        return (f"{self.kind}{conv} n{self.block_n} k{self.block_k} s{self.split_k} "
                 f"w{self.num_warps} st{self.num_stages}")
+
+
+# E4M3 -> number conversions (the CONVERT constexpr of the kernels) and the kinds that support each:
+# cvt  - Triton's conversion (fma: E4M3->F16x2->F32; mma: E4M3->F16x2 then scalar F16->BF16)
+# int  - integer bit placement, no conversion instructions (`_e4m3_bits_to_f32` / `_e4m3_bits_to_bf16`)
+# f32  - mma only: E4M3->F32 then packed F32->BF16 (avoids the scalar F16->BF16 conversion)
+# fold - mma only: like f32, with the block scale multiplied into the weight before the dot
+CONVERTS = {"cvt": 0, "int": 1, "f32": 2, "fold": 3}
+_KIND_CONVERTS = {"fma": ("cvt", "int"), "mma": ("cvt", "int", "f32", "fold")}
 
 
 def _sm_count(device: torch.device) -> int:
@@ -316,11 +380,13 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
         ws = (fill((split, m, n), float("nan"), device=x.device, dtype=torch.float32) if fill
               else torch.empty((split, m, n), device=x.device, dtype=torch.float32))
         cnt = _tile_counters(x.device)
+    if cfg.convert not in _KIND_CONVERTS.get(cfg.kind, ()):
+        raise ValueError(f"decode kernel {cfg.kind!r} has no conversion {cfg.convert!r}")
     kernel = _decode_fma_kernel if cfg.kind == "fma" else _decode_mma_kernel
     has_bias = bias is not None
     kernel[(tiles, split)](x, weight, scale, bias if has_bias else out, out, ws, cnt,
                            m, n, k, x.stride(0), out.stride(0), k_per_split, split,
                            HAS_BIAS=has_bias, SPLIT=split > 1, EVEN_K=even_k,
                            BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                           CONVERT=CONVERTS[cfg.convert], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

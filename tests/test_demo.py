@@ -1,0 +1,31 @@
+"""`mxmix demo`: argument handling and the report renderers (the full run is the end-to-end test's pipeline)."""
+
+from __future__ import annotations
+
+from mxmix.cli.main import main
+from mxmix.demo import fidelity_table, format_demo, sizes_table
+
+
+def test_refuses_an_existing_out_dir(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    assert main(["demo", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_renderers_show_every_row_and_the_next_steps() -> None:
+    rows = [{"checkpoint": "all-mxfp8", "reading": "as stored", "kld": 0.0178, "kld_se": 0.0008, "kld_p99": 0.09,
+             "same_top": 0.909, "same_top_se": 0.013, "rms_dp": 0.032, "ppl_ratio": 1.0197, "ppl_ratio_unc": 0.0086},
+            {"checkpoint": "mixed-last6-prefix", "reading": "sglang-23467", "kld": 0.0178, "kld_se": 0.0008,
+             "kld_p99": 0.09, "same_top": 0.909, "same_top_se": 0.013, "rms_dp": 0.032, "ppl_ratio": 1.0197,
+             "ppl_ratio_unc": 0.0086}]
+    t = fidelity_table(rows)
+    assert "0.01780 ± 0.00080" in t and "sglang-23467" in t and "90.90 ± 1.30" in t
+    s = sizes_table({"bf16": 200, "all-mxfp8": 100})
+    assert "50.0%" in s
+    doc = {"out": "/x", "sizes": {"bf16": 200}, "windows": 4, "ctx": 256, "scored_tokens": 508, "fidelity": rows,
+           "paired": [{"a": "sglang", "b": "sglang-23467", "difference": 0.0047, "se": 0.0004, "z": 11.7}],
+           "audit": {"mixed-last6": {"exit_code": 0}, "mixed-last6-prefix": {"exit_code": 1}},
+           "plan_disagreements": {"mixed-last6": {"sglang": 0}, "mixed-last6-prefix": {"sglang-23467": 42}}}
+    text = format_demo(doc)
+    assert "z = 11.7" in text and "mxmix eval fidelity --reference ./my-model" in text
