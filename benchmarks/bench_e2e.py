@@ -13,6 +13,10 @@ run again. Both go through the same decoders:
 
 Reported: decode tokens/s (steady state), the MXFP8/BF16 ratio per decoder, weights-resident GPU memory
 and peak GPU memory during generation. Target (issue 5): graph decode >= 1.5x BF16.
+
+``--variants fma=int,mma=fold`` re-measures the fused MXFP8 graph decode with other E4M3 conversions in
+the decode kernels' heuristic (`triton_decode.FMA_CONVERT` / `MMA_CONVERT`), then the shipped default
+once more (run-to-run spread).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--hf-tokens", type=int, default=32, help="tokens for the HF generate comparison (0: skip)")
+    ap.add_argument("--variants", default="", help="comma list of fma=CONVERT / mma=CONVERT to compare")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -141,6 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fused {groups} sibling groups (q/k/v, gate/up); logits rel diff vs unfused {fuse_err:.2e}", flush=True)
     mx = measure(model, args.prompt_len, args.new_tokens, "mxfp8", args.hf_tokens)
     mx["unfused_graph_tok_s"] = mx_unfused["graph"]["tok_s"]
+    if args.variants:
+        from mxmix.runtime.kernels import triton_decode as td
+
+        mx["variants"] = {}
+        for spec in [v for v in args.variants.split(",") if v] + ["default"]:
+            saved = (td.FMA_CONVERT, td.MMA_CONVERT)
+            if spec != "default":
+                kind, conv = spec.split("=")
+                setattr(td, f"{kind.upper()}_CONVERT", conv)
+            r = measure(model, args.prompt_len, args.new_tokens, f"mxfp8 {spec}", 0)
+            td.FMA_CONVERT, td.MMA_CONVERT = saved
+            mx["variants"][spec] = {"tok_s": r["graph"]["tok_s"], "speedup": r["graph"]["tok_s"] / bf16["graph"]["tok_s"],
+                                    "tokens_equal_default": sum(a == b for a, b in zip(r["tokens"], mx["tokens"]))}
+            print(f"SUMMARY variant {spec}: {r['graph']['tok_s']:.1f} tok/s -> x{mx['variants'][spec]['speedup']:.2f} "
+                  f"(first tokens equal to default: {mx['variants'][spec]['tokens_equal_default']}/16)", flush=True)
     mx["fusion_logits_rel_diff"] = fuse_err
     summary = {"graph_speedup": mx["graph"]["tok_s"] / bf16["graph"]["tok_s"],
                "graph_speedup_unfused": mx_unfused["graph"]["tok_s"] / bf16["graph"]["tok_s"]}

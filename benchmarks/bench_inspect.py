@@ -4,7 +4,7 @@ Goal (issue 4): inspect + audit in under 1 s, at least 10x faster than opening e
 ``safetensors.safe_open`` and asking each tensor its dtype and shape (the information inspect needs),
 measured in the same run.
 
-The checkpoint is a DeepSeek-sized MoE layout with tiny tensors (65 layers x 256 experts x 3
+The checkpoint is a DeepSeek-sized MoE layout with tiny tensors (67 layers x 256 experts x 3
 projections, MXFP8 with E8M0 scales, the last 4 layers BF16 and listed by full name in both skip
 keys), written directly as raw safetensors files so that it builds in about a second.
 
@@ -49,7 +49,7 @@ def _write_shard(path: Path, tensors: list[tuple[str, str, list[int], int]]) -> 
         f.write(bytes(offset))
 
 
-def build(dest: Path, *, layers: int = 65, experts: int = 256, shards: int = 1000, bf16_last: int = 4) -> int:
+def build(dest: Path, *, layers: int = 67, experts: int = 256, shards: int = 1000, bf16_last: int = 4) -> int:
     """Write the benchmark checkpoint into ``dest``; returns the number of tensors."""
     dest.mkdir(parents=True, exist_ok=True)
     tensors: list[tuple[str, str, list[int], int]] = []

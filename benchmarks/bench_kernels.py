@@ -3,9 +3,15 @@
     PYTHONPATH=src python benchmarks/bench_kernels.py                 # the issue's table (dispatch path)
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-decode  # tune decode launch configs
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-prefill # tune prefill configs / fused vs cuBLAS
+    PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-convert # E4M3 conversion variants, M <= 16,
+                                                                      # plus Llama-8B layer shapes at M = 1
 
-Timing: triton.testing.do_bench, median, with L2 flushed before every call (do_bench's own flush) and
-input buffers rotated so that no weight is re-read from L2. Speedup = BF16 time / MXFP8 time.
+Timing (default ``--timer graph``): the calls over all weight copies (enough copies to exceed L2 several
+times, so every weight comes from HBM) are captured in one CUDA graph, replayed 10 times, and the median
+replay time is divided by the number of calls - the way a CUDA-graph decoder runs these kernels, without
+Python launch overhead (at 15-40 us per kernel, eager launches are host-bound on some hosts).
+``--timer do_bench``: triton.testing.do_bench median with its L2 flush before every eager call.
+Speedup = BF16 time / MXFP8 time.
 Targets (issue 5): decode (M <= 16) >= 1.75x, prefill (M = 4096) >= 0.9x.
 """
 
@@ -20,6 +26,9 @@ from itertools import product
 import torch
 
 SHAPES = [(4096, 4096), (8192, 8192), (28672, 8192), (8192, 28672)]  # (N, K)
+# one decoder layer of Llama-3-8B with q/k/v and gate/up fused (as mxmix.runtime.fusion serves them), and lm_head
+LLAMA_LAYERS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+                "lm_head": (128256, 4096)}
 MS = [1, 2, 4, 8, 16, 32, 64, 128, 512, 4096]
 ROTATE_BYTES = 400 * 2**20   # rotate through enough copies to exceed the 50 MB L2 several times
 
@@ -51,12 +60,56 @@ class Rotor:
         return self.fn(*self.sets[self.i])
 
 
+TIMER = "graph"
+
+
 def bench(fn, warmup: int = 10, rep: int = 40) -> float:
+    """Median µs per call of ``fn`` (a Rotor over weight copies), by CUDA-graph replay or do_bench."""
     import triton
 
     fn()  # compile outside the timing (do_bench sizes its loop from the first calls)
     torch.cuda.synchronize()
+    if TIMER == "graph" and isinstance(fn, Rotor):
+        try:
+            return bench_graph(fn)
+        except Exception as exc:  # capture refused: fall back to eager timing, and say so
+            print(f"  graph timing failed ({type(exc).__name__}: {str(exc)[:80]}); using do_bench", flush=True)
+            torch.cuda.synchronize()
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")) * 1e3  # µs
+
+
+def bench_graph(rotor: Rotor, target_us: float = 1000.0, replays: int = 10) -> float:
+    """One pass = one call per weight copy; capture enough passes for ~1 ms, median replay / calls."""
+    def one_pass() -> None:
+        for args in rotor.sets:
+            rotor.fn(*args)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs recommends
+        one_pass()
+    torch.cuda.current_stream().wait_stream(side)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    one_pass()
+    end.record()
+    end.synchronize()
+    passes = max(1, min(64, int(target_us / max(start.elapsed_time(end) * 1e3, 1.0)) + 1))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(passes):
+            one_pass()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    del graph
+    times.sort()
+    return times[len(times) // 2] / (passes * len(rotor.sets))
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -197,23 +250,116 @@ def sweep_prefill(shapes, ms, args) -> list[dict]:
     return rows
 
 
+def convert_candidates(m: int, n: int, k: int):
+    """The shipped heuristic's pick first, then the E4M3 conversion variants around it."""
+    from mxmix.runtime.kernels.triton_decode import DecodeConfig, _split_for, default_decode_config
+
+    default = default_decode_config(m, n, k)
+    cands = [default]
+    if m <= 4:
+        fma = default if default.kind == "fma" else DecodeConfig(
+            "fma", 16, 256, _split_for(-(-n // 16), k, 256, 4 * 132, 512), 4, 3)
+        cands += [DecodeConfig(fma.kind, fma.block_n, fma.block_k, fma.split_k, fma.num_warps, fma.num_stages, c)
+                  for c in ("cvt", "int")]
+    if m >= 2:
+        for bn, bk, w in ((64, 128, 4), (128, 128, 8), (64, 256, 4)):
+            split = _split_for(-(-n // bn), k, bk, 4 * 132, 1024)
+            convs = ("cvt", "f32", "fold") if (bn, bk) == (64, 128) else ("f32", "fold")
+            cands += [DecodeConfig("mma", bn, bk, split, w, 3, c) for c in convs]
+    seen = []
+    for c in cands:
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def sweep_convert(shapes, ms, args) -> list[dict]:
+    """Decode-kernel conversion variants vs the shipped heuristic, plus the Llama-8B layers at M = 1."""
+    from mxmix.runtime.kernels.triton_decode import mxfp8_decode_matmul
+
+    work = [(shape, 1, name) for name, shape in LLAMA_LAYERS.items()] if args.llama else []
+    work += [((n, k), m, None) for n, k in shapes for m in ms if m <= 16]
+    rows = []
+    cache: dict = {}
+    for (n, k), m, layer in work:
+        if (n, k) not in cache:
+            cache.clear()
+            torch.cuda.empty_cache()
+            cache[(n, k)] = make_weights(n, k, copies_for(n, k))
+        sets = cache[(n, k)]
+        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+        bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
+                           lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
+        cands = convert_candidates(m, n, k)
+        if layer is not None:  # M = 1 layer costs: the heuristic and the fma kernel's two conversions
+            cands = [c for c in cands if c.kind == "fma"] or cands[:1]
+        timed = []
+        for i, cfg in enumerate(cands):
+            try:
+                t = bench(Rotor([(xs[j % 2], q, s) for j, (_, q, s) in enumerate(sets)],
+                                lambda x, q, s, cfg=cfg: mxfp8_decode_matmul(x, q, s, config=cfg)),
+                          warmup=5, rep=20)
+            except Exception as exc:  # a config that does not compile (resources) is skipped
+                print(f"  {cfg.label()}: failed {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+                continue
+            timed.append((t, cfg))
+            rows.append({"n": n, "k": k, "m": m, "layer": layer, "config": cfg.label(), "kind": cfg.kind,
+                         "convert": cfg.convert, "us": t, "bf16_us": bf16, "speedup": bf16 / t, "default": i == 0})
+        if not timed:
+            continue
+        d = next((tc for tc in timed if tc[1] == cands[0]), None)
+        best = min(timed, key=lambda r: r[0])
+        name = f" {layer}" if layer else ""
+        print(f"{n:>6}x{k:<6} M={m:<3}{name} bf16 {bf16:7.1f} us  default {d[0] if d else float('nan'):7.1f} "
+              f"x{bf16 / d[0] if d else float('nan'):.2f} [{d[1].label() if d else '-'}]  best {best[0]:7.1f} "
+              f"x{bf16 / best[0]:.2f} [{best[1].label()}]", flush=True)
+        print("      " + "; ".join(f"{c.label()} {t:.1f}" for t, c in sorted(timed, key=lambda r: r[0])), flush=True)
+    if args.llama:
+        per = {r["layer"]: r for r in rows if r["layer"] and r["default"]}
+        if len(per) == len(LLAMA_LAYERS):
+            def token_ms(key: str) -> float:
+                layer = sum(per[name][key] for name in ("qkv", "o", "gate_up", "down"))
+                return (32 * layer + per["lm_head"][key]) / 1e3
+            print(f"Llama-8B linear layers per token at M=1 (32 layers + lm_head): bf16 {token_ms('bf16_us'):.2f} ms, "
+                  f"mxfp8 (heuristic) {token_ms('us'):.2f} ms -> x{token_ms('bf16_us') / token_ms('us'):.2f}; "
+                  + ", ".join(f"{name} {per[name]['us']:.1f}/{per[name]['bf16_us']:.1f} us" for name in LLAMA_LAYERS),
+                  flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="NxK list")
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--sweep-decode", action="store_true")
     ap.add_argument("--sweep-prefill", action="store_true")
+    ap.add_argument("--sweep-convert", action="store_true")
+    ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
+    ap.add_argument("--timer", choices=("graph", "do_bench"), default="graph")
+    ap.add_argument("--fma-max-m", type=int, help="heuristic: largest M served by the fma kernel (default 2)")
+    ap.add_argument("--mma-convert", help="heuristic: E4M3 conversion of the mma kernel (default cvt)")
     ap.add_argument("--json", help="write all rows to this JSON file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
         return 2
+    global TIMER
+    TIMER = args.timer
+    from mxmix.runtime.kernels import triton_decode as td
+
+    if args.fma_max_m is not None:
+        td.FMA_MAX_M = args.fma_max_m
+    if args.mma_convert:
+        td.MMA_CONVERT = args.mma_convert
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
-    print(f"device: {device_name()}", flush=True)
+    print(f"device: {device_name()}; timer {TIMER}; heuristic fma for M <= {td.FMA_MAX_M}, "
+          f"fma convert {td.FMA_CONVERT}, mma convert {td.MMA_CONVERT}", flush=True)
     t0 = time.time()
     if args.sweep_decode:
         rows = sweep_decode(shapes, ms, args)
+    elif args.sweep_convert:
+        rows = sweep_convert(shapes, ms, args)
     elif args.sweep_prefill:
         sweep_dequant(shapes)
         rows = sweep_prefill(shapes, ms, args)

@@ -215,3 +215,26 @@ def test_non_mx_fp8_and_k_not_multiple_of_32(tmp_path):
     k48 = by_code(result, "k-not-multiple-of-32")
     assert set(k48.modules) == {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
                                 *(f"model.layers.0.self_attn.{p}_proj" for p in "qkvo")}
+
+
+def test_block_fp8_checkpoint_is_not_judged_by_mx_scale_rules(tmp_path):
+    """A DeepSeek-style block-FP8 checkpoint (F32 scales per 128x128 tile) is another method, not broken MXFP8."""
+    def block_scales(t):
+        for k in [k for k in t if k.endswith("weight_scale_inv")]:
+            w = t[k[: -len("weight_scale_inv")] + "weight"]
+            t[k] = torch.ones(-(-w.shape[0] // 128), -(-w.shape[1] // 128))
+    d = build(tmp_path / "c", SPEC, fp8=_quantize_all_but(), skip_list=["lm_head"], mutate=block_scales,
+              config_extra={"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128],
+                                                    "ignored_layers": ["lm_head"]}})
+    result = audit_checkpoint(d, engines=["sglang"])
+    assert result.dialect == "other:fp8"
+    assert {f.code for f in result.findings if f.check == "config"} == {"not-an-mxfp8-dialect"}
+    assert result.exit_code == 0
+
+
+def test_engine_errors_are_grouped_across_layers(tmp_path):
+    keep = ["lm_head", *(f"model.layers.{n}.self_attn.v_proj" for n in range(6))]
+    d = build(tmp_path / "c", SPEC, fp8=_quantize_all_but(*keep[1:]), skip_list=keep)
+    raised = [f for f in audit_checkpoint(d, engines=["sglang"]).findings if f.code == "engine-raises"]
+    assert len(raised) == 1 and "e.g. " in raised[0].message
+    assert set(raised[0].modules) == {f"model.layers.{n}.self_attn.{p}_proj" for n in range(6) for p in "qkv"}

@@ -187,6 +187,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "shape whose size overflows int64": (
         one_file(st_bytes({"w": dict(GOOD_ENTRY, shape=[2**40, 2**40, 2**40])}, F32x2)), "claims 8 bytes"),
     "NUL in a tensor name": (one_file(st_bytes({"w\u0000x": GOOD_ENTRY}, F32x2)), "control characters"),
+    "raw DEL in a tensor name": (one_file(st_bytes('{"w\x7f": ' + ENTRY + "}", F32x2)), "control characters"),
     "empty tensor name": (one_file(st_bytes({"": GOOD_ENTRY}, F32x2)), "is empty or contains control"),
     # --- data region ---------------------------------------------------------------------------------
     "overlapping tensors": (one_file(st_bytes({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
@@ -349,7 +350,7 @@ def test_fast_duplicate_check_matches_strict_parse():
 
     from mxmix.checkpoint.safetensors_header import _tensor_info, parse_header_bytes, read_entries
 
-    names = st.one_of(st.text(alphabet='ab:."\\\u00e9{}', min_size=1, max_size=4),
+    names = st.one_of(st.text(alphabet='ab:."\\\u00e9{}\x00\x7f', min_size=0, max_size=4),
                       st.sampled_from(['RAW:"a\\u003a"', 'RAW:"\\u003a"', 'RAW:"b\\\\"']))
     valid = st.builds(lambda n: json.dumps({"dtype": "U8", "shape": [n], "data_offsets": [0, n]}), st.integers(0, 3))
     entry = st.builds(lambda d, s, o, extra: json.dumps({"dtype": d, "shape": s, "data_offsets": o, **extra}),

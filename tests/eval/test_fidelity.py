@@ -67,7 +67,7 @@ def test_cache_hit_is_identical_and_damage_is_survived(smollm2_bf16, smollm2_mix
     assert all(lc.load_records(f) is not None for f in damaged.glob("*.npz"))  # rewritten whole
 
 
-def test_topk_record_is_a_tight_lower_bound_of_the_exact_kld(smollm2_bf16, smollm2_mixed, cache_dir) -> None:
+def test_topk_record_is_close_to_the_exact_kld(smollm2_bf16, smollm2_mixed, cache_dir) -> None:
     from mxmix.eval.models import load_model
 
     side = ReferenceSide(str(smollm2_bf16), (), ctx=CTX, windows=1, device="cpu", dtype="bfloat16", topk=None,
@@ -76,9 +76,17 @@ def test_topk_record_is_a_tight_lower_bound_of_the_exact_kld(smollm2_bf16, smoll
     ref_logits = scored_logits(side.model, w)
     cand_logits = scored_logits(load_model(smollm2_mixed), w)
     exact = st.score_candidate(st.base_record(ref_logits, window_targets(w)), cand_logits)
-    approx = st.score_candidate(st.base_record(ref_logits, window_targets(w), topk=1024), cand_logits)
-    assert (approx.kld <= exact.kld + 1e-7).all()
-    assert approx.kld.mean() > 0.9 * exact.kld.mean()
+    full = st.score_candidate(st.base_record(ref_logits, window_targets(w), cutoff=-np.inf), cand_logits)
+    rec = st.base_record(ref_logits, window_targets(w), topk=1024)
+    approx = st.score_candidate(rec, cand_logits)
+    cut = ~np.isnan(rec.tail)
+    assert cut.sum() > len(rec) // 2  # most positions have more than 1024 entries above the cutoff
+    # where K covered every entry above −16, the record is llama.cpp's cutoff sum exactly ...
+    np.testing.assert_allclose(approx.kld[~cut], exact.kld[~cut], rtol=1e-9, atol=1e-12)
+    # ... elsewhere the coarsened KL never exceeds the full KL (log-sum inequality; up to fp32 rounding)
+    assert (approx.kld[cut] <= full.kld[cut] + 1e-6 + 1e-4 * full.kld[cut]).all()
+    # ... and reads within a few per cent of llama.cpp's cutoff sum (measured: ~1.4 % low on SmolLM2)
+    assert abs(approx.kld.mean() - exact.kld.mean()) < 0.05 * exact.kld.mean()
     np.testing.assert_array_equal(approx.same_top, exact.same_top)  # argmax and NLLs are stored exactly
     np.testing.assert_array_equal(approx.nll_base, exact.nll_base)
     assert side.records[0].counts.mean() > 1024  # the cut really happens on this vocabulary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 
 from mxmix.cli.main import main
@@ -58,19 +59,25 @@ def test_sensitivity_cli_keep_file_feeds_quantize(smollm2_bf16, tmp_path, capsys
     quantized = [n for n, loc in ck.tensors.items() if n.endswith(".weight") and loc.info.dtype.startswith("F8")]
     assert len(quantized) == 210 - len(rules)
 
-    # cross-check one unit's cost by the other code path: a converted checkpoint with only that layer
-    # quantized, loaded by mxmix.load, measured by `mxmix eval fidelity` on the same (cached) windows
+    # cross-check the top unit's cost by the runtime's path: its Linears swapped for MXFP8Linear modules
+    # (codec quantize + the runtime forward), scored on the same cached reference windows
+    import torch
+
+    from mxmix.eval.fidelity import ReferenceSide, candidate_scores
+    from mxmix.runtime.load import set_submodule
+    from mxmix.runtime.mxfp8_linear import MXFP8Linear
+
+    side = ReferenceSide(str(smollm2_bf16), (), ctx=64, windows=1, device="cpu", dtype="bfloat16", topk=1024,
+                         cache_dir=str(cache), use_cache=True, progress=False)
+    assert side.cache_hit
+    model = side.model
     top = units[0]["name"]
-    others = [f"model.layers.{i}." for i in range(30) if f"model.layers.{i}" != top]
-    only = tmp_path / "only-top"
-    keep_args = [a for r in others for a in ("--keep", r)]
-    assert main(["quantize", str(smollm2_bf16), str(only), "--no-progress", *keep_args]) == 0
-    capsys.readouterr()
-    assert main(["eval", "fidelity", "--reference", str(smollm2_bf16), "--candidate", str(only), *ARGS,
-                 "--cache-dir", str(cache), "--json"]) == 0
-    fid = json.loads(capsys.readouterr().out)
-    assert fid["cache"]["hit"]
-    assert fid["results"][0]["stats"]["kld"]["mean"] == pytest.approx(units[0]["kld_cost"], rel=1e-5, abs=1e-9)
+    for name, mod in list(model.named_modules()):
+        if name.startswith(top + ".") and isinstance(mod, torch.nn.Linear):
+            set_submodule(model, name, MXFP8Linear.from_linear(mod))
+    cost = float(np.mean(np.concatenate([s.kld for s in candidate_scores(model, side.windows, side.records,
+                                                                            progress=False)])))
+    assert cost == pytest.approx(units[0]["kld_cost"], rel=1e-5, abs=1e-9)
 
 
 def test_bad_budgets_are_one_line_errors(smollm2_bf16, tmp_path, capsys) -> None:

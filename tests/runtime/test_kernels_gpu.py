@@ -74,6 +74,60 @@ def test_decode_kernel_matches_reference(kind: str, m: int, n: int, k: int) -> N
         td.POISON_WORKSPACE = False
 
 
+CONVERT_COMBOS = [("fma", "int"), ("mma", "f32"), ("mma", "fold")]  # ("fma"|"mma", "cvt") above
+
+
+@pytest.mark.parametrize("kind,convert", CONVERT_COMBOS)
+@pytest.mark.parametrize("m,n,k", [(1, 200, 1056), (2, 1000, 2048), (5, 300, 800), (13, 512, 2080),
+                                   (16, 1024, 4096)])
+def test_decode_conversions_match_reference(kind: str, convert: str, m: int, n: int, k: int) -> None:
+    """The alternative E4M3 conversions (integer decode, packed fp32 route, scale folded into the weight)."""
+    from mxmix.runtime.kernels import triton_decode as td
+
+    td.POISON_WORKSPACE = True
+    try:
+        for seed, (block_n, block_k, split) in enumerate([(32, 256, 1), (64, 128, 3)]):
+            cfg = td.DecodeConfig(kind, block_n, block_k, split, 4, 3, convert)
+            x, q, s, b = _inputs(m, n, k, 50 + seed, bias=seed == 1)
+            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+            y = td.mxfp8_decode_matmul(x, q, s, b, config=cfg, out=out)
+            err = _rel_err(y, _reference(x, q, s, b))
+            print(f"decode {cfg.label()} m={m} n={n} k={k}: rel err {err:.2e}")
+            assert err < REL_TOL, (cfg, err)
+    finally:
+        td.POISON_WORKSPACE = False
+
+
+@pytest.mark.parametrize("kind,convert", [("fma", "cvt"), ("mma", "cvt"), *CONVERT_COMBOS])
+def test_decode_one_hot_rows_are_bit_exact(kind: str, convert: str) -> None:
+    """x = one-hot rows: every output must be the bf16 dequantized weight itself, bit for bit.
+
+    Covers every finite E4M3 byte (subnormals included) with scale bytes 100..160, so a conversion
+    that flushes subnormals or rounds differently from the codec fails here even though it would pass
+    a relative-error check.
+    """
+    from mxmix.mx import dequantize
+    from mxmix.runtime.kernels import triton_decode as td
+
+    gen = torch.Generator().manual_seed(23)
+    n, k, m = 384, 2048, 16 if kind == "mma" else 2
+    byte = torch.arange(n * k, dtype=torch.int32).reshape(n, k) % 256
+    byte = byte[:, torch.randperm(k, generator=gen)]
+    byte = torch.where((byte & 0x7F) == 0x7F, byte - 1, byte).to(torch.uint8)  # all bytes but NaN
+    q = byte.view(torch.float8_e4m3fn)
+    s = torch.randint(100, 161, (n, k // 32), generator=gen, dtype=torch.int32).to(torch.uint8)
+    want = dequantize(q, s, dtype=torch.bfloat16)
+    for split in (1, 4):
+        cols = torch.randperm(k, generator=gen)[:m]
+        x = torch.zeros(m, k, dtype=torch.bfloat16)
+        x[torch.arange(m), cols] = 1.0
+        cfg = td.DecodeConfig(kind, 64, 256, split, 4, 3, convert)
+        y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), config=cfg).cpu()
+        expected = want[:, cols].T
+        bad = (y != expected).sum().item()  # == on floats: -0.0 equals 0.0 (a sum of +0 and -0)
+        assert bad == 0, f"{cfg.label()}: {bad} outputs differ from the dequantized weight"
+
+
 def test_decode_default_config_and_strided_rows() -> None:
     from mxmix.runtime.kernels import mxfp8_decode_matmul
 

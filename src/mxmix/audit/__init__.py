@@ -57,7 +57,10 @@ class AuditResult:
                  f"modules:    {len(self.views)} Linear"]
         if self.scales_checked is not None:
             lines.append(f"scales:     {self.scales_checked} scale tensors read")
-        if self.verdicts:
+        if not self.quant_method:
+            lines.append("engine readings: not judged (no quantization_config: every engine loads the "
+                         "checkpoint unquantized)")
+        elif self.verdicts:
             lines.append("engine readings:")
             for v in self.verdicts:
                 if v.clean:
@@ -82,6 +85,14 @@ def audit_checkpoint(path_or_ckpt: Any, *, engines: Sequence[str] | None = None,
     ``engines``: readings to judge (default: all of ``mxmix.rules.ENGINES``; "canonical" always runs
     for the config-vs-tensors check).
     """
+    from mxmix.checkpoint.safetensors_header import _gc_paused
+
+    with _gc_paused():   # ~10^5 small acyclic objects (decisions, views); cyclic GC passes only cost time
+        return _audit(path_or_ckpt, engines, check_scales, lint_rules, progress)
+
+
+def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool, lint_rules: bool,
+           progress: Callable[[Iterable[Any]], Iterable[Any]] | None) -> AuditResult:
     from mxmix.audit.config_vs_tensors import check_config_vs_tensors
     from mxmix.audit.engines import check_engines
     from mxmix.audit.structure import check_structure

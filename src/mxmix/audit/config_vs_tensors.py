@@ -38,6 +38,14 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
     scale_on_bf16: list[str] = []
     undeclared_fp8: list[str] = []
     expected_suffix = DIALECTS[dialect].scale_suffix if dialect in DIALECTS else None
+    # MX scale rules apply to MXFP8 dialects (and to undeclared FP8); another method (block FP8,
+    # "other:fp8") has its own scale format, which this audit does not judge.
+    mx_rules = dialect in DIALECTS or dialect == "plain"
+    if not mx_rules:
+        out.append(Finding(
+            "info", "config", "not-an-mxfp8-dialect",
+            f"the checkpoint declares {dialect.removeprefix('other:')!r}, not an MXFP8 dialect: MX scale checks skipped",
+            "Only the skip list and precision checks apply; scale tensors follow that method's own format.", ()))
     for v in views:
         quantized = v.precision in QUANTIZED
         if declared:
@@ -53,6 +61,8 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
         elif quantized:
             undeclared_fp8.append(v.path)
         if v.dtype.startswith("F8_"):
+            if not mx_rules:
+                continue
             if v.scale is None:
                 missing_scale.append(v.path)
                 continue
@@ -85,7 +95,8 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
          "The list itself is contradictory for them (e.g. some but not all fused shards listed); "
          "serving engines raise on such lists.", raises, reasons=list(reasons))
     _add(out, "error", "fp8-without-quantization-config",
-         "FP8 weights are stored, but config.json declares no quantization_config",
+         "FP8 weights are stored, but " + ("config.json declares no quantization_config" if ckpt.config is not None
+                                           else "there is no config.json to declare a quantization_config"),
          "Every loader treats the checkpoint as unquantized and reads FP8 bytes as plain weights "
          "(wrong outputs or a dtype error).", undeclared_fp8)
     _add(out, "error", "missing-scale",

@@ -13,6 +13,7 @@ are reported as notes ("if this list were reused by ...") and never fail the aud
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from mxmix.audit.findings import Finding
 from mxmix.rules.decision import ERROR, KEEP
 from mxmix.rules.engines import get_engine
 from mxmix.rules.plan import Plan
+
+_NUMBERS = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,11 @@ def consumes(engine: str, dialect: str) -> bool:
 def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], list[EngineVerdict]]:
     findings: list[Finding] = []
     verdicts: list[EngineVerdict] = []
-    declared = bool(plan.quant_method)
+    if not plan.quant_method:
+        return findings, verdicts   # no quantization_config: engines load everything unquantized (config check)
     for engine in engines:
         info = get_engine(engine)
-        applies = declared and plan.dialect in info.dialects
+        applies = plan.dialect in info.dialects
         keeps, quantizes, raises = [], [], []
         reasons: dict[str, list[str]] = {}
         for row in plan.rows:
@@ -63,7 +67,9 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
             m = row.module
             if d.decision == ERROR:
                 raises.append(m.path)
-                reasons.setdefault(d.reason, []).append(m.path)
+                # one finding per kind of error, not per layer: numbers in the reason are abstracted
+                group = reasons.setdefault(_NUMBERS.sub("N", d.reason), [d.reason])
+                group.append(m.path)
             elif d.decision == KEEP and m.quantized:
                 keeps.append(m.path)
             elif d.decision != KEEP and not m.quantized:
@@ -72,8 +78,6 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
         keeps, quantizes, raises = (list(dict.fromkeys(x)) for x in (keeps, quantizes, raises))
         verdicts.append(EngineVerdict(engine, info.version, applies, len(plan.skip_lists.get(engine, [])),
                                       len(keeps), len(quantizes), len(raises)))
-        if not declared:
-            continue   # no quantization_config: engines load everything unquantized; config check covers FP8
         severity = "error" if applies else "info"
         who = f"{engine} ({info.version})"
         if applies:
@@ -100,10 +104,12 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
                 f"{scope} would quantize these modules (expects FP8 + scales), but they are stored BF16",
                 "It finds no scale tensors: loading fails, or the layers meant to stay BF16 are quantized "
                 "after all, silently costing accuracy.", tuple(quantizes), engine=engine, details=detail))
-        for reason, paths in reasons.items():
+        for example, *paths in reasons.values():
+            paths = list(dict.fromkeys(paths))
+            eg = "" if len(paths) == 1 else "e.g. "
             findings.append(Finding(
                 severity, "engine", "engine-raises",
-                f"{scope} raises on these modules: {reason}",
+                f"{scope} raises on these modules: {eg}{example}",
                 "Model loading stops with this error; nothing is served.", tuple(paths), engine=engine,
                 details=detail))
     return findings, verdicts

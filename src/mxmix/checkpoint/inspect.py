@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from mxmix.checkpoint.dialects import recognise_dialect
 from mxmix.checkpoint.layout import Checkpoint
-from mxmix.checkpoint.safetensors_header import DTYPE_SIZES
+from mxmix.checkpoint.safetensors_header import DTYPE_SIZES, _gc_paused
 
 MXFP8 = "mxfp8"      # FP8 E4M3 elements + E8M0 block scales (LinearModule.precision)
 FP8 = "fp8"          # an FP8 weight without E8M0 block scales (per-tensor/per-channel FP8, or scales missing)
@@ -111,21 +111,24 @@ def module_views(ckpt: Checkpoint, mods: Sequence[Any] | None = None) -> list[Mo
 
         mods = linear_modules(ckpt)
     tensors = ckpt.tensors
+    companions: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+    comp_bytes: dict[str, int] = {}
+    for m in mods:                       # the scale: known per module, no scan needed
+        if m.scale and m.scale in tensors:
+            info = tensors[m.scale].info
+            companions[m.weight] = {m.scale.rpartition(".")[2]: (info.dtype, info.shape)}
+            comp_bytes[m.weight] = info.end - info.begin
+    # any other "<m>.<x>" tensor (input_scale, bias, ...): scan only what is neither weight nor scale
     owner_of_prefix = {m.weight[: -len(".weight")]: m.weight for m in mods if m.weight.endswith(".weight")}
-    weights = {m.weight for m in mods}
-    scale_owner = {m.scale: m.weight for m in mods if m.scale}
-    companions: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = defaultdict(dict)
-    comp_bytes: dict[str, int] = defaultdict(int)
-    for name, loc in tensors.items():
-        if name in weights:
-            continue
-        prefix, _, suffix = name.rpartition(".")   # suffix: weight_scale_inv, input_scale, down_proj_scale...
-        owner = scale_owner.get(name) or owner_of_prefix.get(prefix)
+    rest = tensors.keys() - {m.weight for m in mods} - {m.scale for m in mods if m.scale}
+    for name in sorted(rest):
+        prefix, _, suffix = name.rpartition(".")
+        owner = owner_of_prefix.get(prefix)
         if owner is None:
             continue
-        info = loc.info
-        companions[owner][suffix] = (info.dtype, info.shape)
-        comp_bytes[owner] += info.end - info.begin
+        info = tensors[name].info
+        companions.setdefault(owner, {})[suffix] = (info.dtype, info.shape)
+        comp_bytes[owner] = comp_bytes.get(owner, 0) + info.end - info.begin
     out = []
     new = tuple.__new__
     sizes = DTYPE_SIZES      # params from the byte count: validated equal to the shape's product, and O(1)
@@ -200,6 +203,11 @@ def checkpoint_dialect(ckpt: Checkpoint) -> str:
 
 def inspect_checkpoint(ckpt: Checkpoint, modules: Sequence[ModuleView] | None = None) -> InspectSummary:
     """Summarise ``ckpt`` (already opened: headers only)."""
+    with _gc_paused():   # ~10^5 small acyclic objects; cyclic GC passes would only cost time
+        return _inspect(ckpt, modules)
+
+
+def _inspect(ckpt: Checkpoint, modules: Sequence[ModuleView] | None) -> InspectSummary:
     views = list(modules) if modules is not None else module_views(ckpt)
     by_dtype: dict[str, dict[str, int]] = {}
     for loc in ckpt.tensors.values():

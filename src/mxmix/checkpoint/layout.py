@@ -114,8 +114,8 @@ class Checkpoint:
         if index_path.exists():
             index = read_json_file(index_path, f"{root}/{INDEX_NAME}")
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            if not isinstance(weight_map, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            # JSON object keys are always strings; the values must be file names (set(map(...)): C speed).
+            if not isinstance(weight_map, dict) or not set(map(type, weight_map.values())) <= {str}:
                 raise CheckpointError(f"{root}/{INDEX_NAME}: 'weight_map' must map tensor names to file names")
             if not weight_map:
                 raise CheckpointError(f"{root}/{INDEX_NAME}: 'weight_map' lists no tensors")

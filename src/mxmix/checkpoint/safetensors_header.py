@@ -156,7 +156,9 @@ def read_entries(raw: bytes, where: str) -> tuple[dict[str, TensorInfo], dict[st
             raise CheckpointError(f"{where}: header is not a JSON object")
         had_meta = "__metadata__" in obj
         meta = _pop_metadata(obj, where)
-        infos, regular = _tensor_infos(obj, where)
+        # Strict JSON has no raw control characters in strings: names can only hold them through escapes
+        # (or a raw DEL), so the name scan is skipped for texts without either.
+        infos, regular = _tensor_infos(obj, where, b"\\" in raw or b"\x7f" in raw)
     if regular and b"\\" not in raw:
         strings = "".join(obj) + "".join(meta) + "".join(meta.values())
         if raw.count(b":") == len(obj) * 4 + had_meta + len(meta) + strings.count(":"):
@@ -226,7 +228,7 @@ def _tensor_info(name: str, entry: Any, where: str) -> TensorInfo:
     return info
 
 
-def _tensor_infos(entries: dict[str, Any], where: str) -> tuple[dict[str, TensorInfo], bool]:
+def _tensor_infos(entries: dict[str, Any], where: str, maybe_control: bool = True) -> tuple[dict[str, TensorInfo], bool]:
     """All entries → TensorInfo, and whether every entry had exactly the three standard keys; the
     common case inline, anything unusual through :func:`_tensor_info` (which raises the precise error)."""
     sizes = DTYPE_SIZES
@@ -253,8 +255,7 @@ def _tensor_infos(entries: dict[str, Any], where: str) -> tuple[dict[str, Tensor
             if len(e) != 3:
                 regular = False
             out[name] = new(TensorInfo, (name, dtype, tuple(shape), begin, end))
-    names = "".join(out)
-    if "" in out or _CONTROL.search(names):
+    if "" in out or (maybe_control and _CONTROL.search("".join(out))):
         bad = next(n for n in out if not n or _CONTROL.search(n))
         _tensor_info(bad, entries[bad], where)
     return out, regular

@@ -38,12 +38,10 @@ def _e8m0_to_f32(sb):
     return bits.to(tl.float32, bitcast=True)
 
 
-# 0x87F00000 / 0x87F0 as signed constants: sign bit + the 7 magnitude bits of an E4M3 byte, moved into
-# the low exponent / high mantissa bits of an fp32 / bf16 word
+# 0x87F00000 as a signed constant: sign bit + the 7 magnitude bits of an E4M3 byte, moved into the
+# low exponent / high mantissa bits of an fp32 word
 _F32_E4M3_MASK = tl.constexpr(0x87F00000 - (1 << 32))
-_BF16_E4M3_MASK = tl.constexpr(0x87F0 - (1 << 16))
 _TWO_POW_120 = tl.constexpr(1.329227995784916e36)
-_TWO_POW_120_BF16 = tl.constexpr(1.329227995784916e36)
 
 
 @triton.jit
@@ -57,17 +55,6 @@ def _e4m3_bits_to_f32(wb):
     """
     bits = (wb.to(tl.int32) << 20) & _F32_E4M3_MASK
     return bits.to(tl.float32, bitcast=True) * _TWO_POW_120
-
-
-@triton.jit
-def _e4m3_bits_to_bf16(wb):
-    """Signed E4M3 bytes (int8) -> exact bf16 values with integer operations and one packed multiply.
-
-    The same bit placement as `_e4m3_bits_to_f32` in a bf16 word gives e4m3 * 2^-120 (bf16 shares
-    fp32's exponent range, so subnormals stay exact); the bf16 multiply by 2^120 is exact.
-    """
-    bits = (wb.to(tl.int16) << 4) & _BF16_E4M3_MASK
-    return bits.to(tl.bfloat16, bitcast=True) * _TWO_POW_120_BF16
 
 
 @triton.jit
@@ -167,8 +154,6 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                        CONVERT: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    if CONVERT == 1:  # integer decode: read the bytes as int8
-        w_ptr = w_ptr.to(tl.pointer_type(tl.int8))
     KB: tl.constexpr = BLOCK_K // 32
     KS = K // 32
     offs_m = tl.arange(0, BLOCK_M)
@@ -200,9 +185,7 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                 wb = (w.to(tl.float32) * _e8m0_to_f32(sb)[None, :]).to(tl.bfloat16)
                 acc = tl.dot(x, wb, acc)
             else:
-                if CONVERT == 1:
-                    wb = _e4m3_bits_to_bf16(w)
-                elif CONVERT == 2:
+                if CONVERT == 2:
                     wb = w.to(tl.float32).to(tl.bfloat16)  # E4M3->F16x2, F16->F32, packed F32->BF16x2
                 else:
                     wb = w.to(tl.bfloat16)  # Triton 3.6 on sm_90: E4M3->F16x2 then scalar F2F.BF16.F16
@@ -235,11 +218,11 @@ class DecodeConfig:
 
 # E4M3 -> number conversions (the CONVERT constexpr of the kernels) and the kinds that support each:
 # cvt  - Triton's conversion (fma: E4M3->F16x2->F32; mma: E4M3->F16x2 then scalar F16->BF16)
-# int  - integer bit placement, no conversion instructions (`_e4m3_bits_to_f32` / `_e4m3_bits_to_bf16`)
+# int  - fma only: integer bit placement and an exact multiply, no conversion instructions (`_e4m3_bits_to_f32`)
 # f32  - mma only: E4M3->F32 then packed F32->BF16 (avoids the scalar F16->BF16 conversion)
 # fold - mma only: like f32, with the block scale multiplied into the weight before the dot
 CONVERTS = {"cvt": 0, "int": 1, "f32": 2, "fold": 3}
-_KIND_CONVERTS = {"fma": ("cvt", "int"), "mma": ("cvt", "int", "f32", "fold")}
+_KIND_CONVERTS = {"fma": ("cvt", "int"), "mma": ("cvt", "f32", "fold")}
 
 
 def _sm_count(device: torch.device) -> int:
@@ -260,14 +243,22 @@ def _split_for(tiles: int, k: int, block_k: int, target_programs: int, min_k: in
     return split
 
 
+# E4M3 conversion used by the heuristic for each kernel kind (see CONVERTS); module-level so that
+# benchmarks can compare them end to end.
+FMA_CONVERT = "cvt"
+MMA_CONVERT = "cvt"
+FMA_MAX_M = 2  # largest M served by the CUDA-core kernel; above it the tensor-core one
+
+
 def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
     """Heuristic launch configuration (fitted to H100 sweeps): split K until ~4 programs per SM."""
-    if m <= 2:
+    if m <= FMA_MAX_M:
         block_k = 512 if m == 1 and n >= 14336 else 256
         tiles = triton.cdiv(n, 16)
-        return DecodeConfig("fma", 16, block_k, _split_for(tiles, k, block_k, 4 * sm_count, 512), 4, 3)
+        return DecodeConfig("fma", 16, block_k, _split_for(tiles, k, block_k, 4 * sm_count, 512), 4, 3,
+                            FMA_CONVERT)
     tiles = triton.cdiv(n, 64)
-    return DecodeConfig("mma", 64, 128, _split_for(tiles, k, 128, 4 * sm_count, 1024), 4, 3)
+    return DecodeConfig("mma", 64, 128, _split_for(tiles, k, 128, 4 * sm_count, 1024), 4, 3, MMA_CONVERT)
 
 
 def candidate_configs(m: int, n: int, k: int, sm_count: int = 132) -> list[DecodeConfig]:
