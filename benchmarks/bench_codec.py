@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     x32 = x.float()
     q, s = fast.quantize(x, 32, "rceil")
     cases = [
-        ("baseline: clone of the bf16 input", x.clone, gb),
-        ("baseline: unchunked torch quantize (rceil)", lambda: naive_quantize(x), gb),
         ("fast quantize bf16 rceil", lambda: fast.quantize(x, 32, "rceil"), gb),
         ("fast quantize bf16 floor", lambda: fast.quantize(x, 32, "floor"), gb),
+        ("baseline: clone of the bf16 input", x.clone, gb),
+        ("baseline: unchunked torch quantize (rceil)", lambda: naive_quantize(x), gb),
         ("fast quantize bf16 rceil, torch intra-op threads", lambda: intra_op_quantize(x), gb),
         ("fast quantize fp16 rceil", lambda: fast.quantize(x16, 32, "rceil"), x16.nbytes / 1e9),
         ("fast quantize fp32 rceil", lambda: fast.quantize(x32, 32, "rceil"), x32.nbytes / 1e9),
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"case": name, "ms": wall * 1e3, "GBps_input": nbytes / wall, "cpu_s": cpu,
                      "GB_per_cpu_second": nbytes / cpu if cpu > 0 else float("nan")})
     speed = {r["case"]: r["GBps_input"] for r in rows}
-    clone, naive = speed[cases[0][0]], speed[cases[1][0]]
-    rceil, floor = speed[cases[2][0]], speed[cases[3][0]]
+    rceil, floor = speed[cases[0][0]], speed[cases[1][0]]
+    clone, naive = speed[cases[2][0]], speed[cases[3][0]]
 
     result = {
         "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-convert", action="store_true")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
     ap.add_argument("--timer", choices=("graph", "do_bench"), default="graph")
-    ap.add_argument("--fma-max-m", type=int, help="heuristic: largest M served by the fma kernel (default 2)")
-    ap.add_argument("--mma-convert", help="heuristic: E4M3 conversion of the mma kernel (default cvt)")
+    ap.add_argument("--fma-max-m", type=int, help="heuristic: largest M served by the fma kernel (default 2, M = 2 only up to 8192x8192)")
+    ap.add_argument("--mma-convert", help="heuristic: E4M3 conversion of the mma kernel for every M (default f32 up to M = 8, cvt above)")
     ap.add_argument("--json", help="write all rows to this JSON file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -10,7 +10,6 @@ report needs no plotting library.
 from __future__ import annotations
 
 import html
-import os
 import struct
 import zlib
 from collections import defaultdict
@@ -391,9 +390,6 @@ def write_report(result: Any, dest: str | Path, *, force: bool = False) -> Path:
     dest = Path(dest)
     pm = build_map(result)
     data = render_png(pm) if dest.suffix.lower() == ".png" else render_html(pm).encode("utf-8")
-    with atomic_output_file(dest, force=force) as tmp:
+    with atomic_output_file(dest, force=force) as tmp:   # applies the umask (mkstemp alone gives 0600)
         tmp.write_bytes(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        tmp.chmod(0o666 & ~mask)     # mkstemp makes 0600; a report is an ordinary file
     return dest

@@ -5,10 +5,14 @@ so the kernels do as little per-element work as possible (shared docs mxfp8-form
 
 * ``fma``: CUDA-core GEMV. Each weight element is converted from E4M3 once, multiplied by the
   activation and summed within its 32-element block; the block's scale 2^(b-127) is applied once per
-  partial sum (decoded by shifting the byte into the fp32 exponent field). Used at M = 1..2.
-* ``mma``: tensor-core variant for M up to ~16-64. One ``tl.dot`` per 32-wide K block gives an fp32
+  partial sum (decoded by shifting the byte into the fp32 exponent field). Used at M = 1, and at
+  M = 2 for weights up to 8192x8192.
+* ``mma``: tensor-core variant for the other M <= 16. One ``tl.dot`` per 32-wide K block gives an fp32
   partial [M, BLOCK_N] that is scaled by the block's scales and accumulated, so there is no per-element
-  scale multiply, only the E4M3 -> BF16 conversion (exact).
+  scale multiply, only the E4M3 -> BF16 conversion (exact). How that conversion is spelled matters on
+  Hopper (``DecodeConfig.convert``, `CONVERTS`): Triton's direct E4M3 -> BF16 goes through a scalar
+  F16 -> BF16 ``F2F`` per element (a quarter-rate pipe); E4M3 -> F32 -> BF16 compiles to packed
+  conversions and ``HADD2.F32`` instead, and is the default up to M = 4.
 
 Both split K across programs when N alone does not fill the GPU; partial sums go to an fp32
 workspace and the last program of each N tile (an atomic per-tile counter) reduces them in a fixed
@@ -244,21 +248,35 @@ def _split_for(tiles: int, k: int, block_k: int, target_programs: int, min_k: in
 
 
 # E4M3 conversion used by the heuristic for each kernel kind (see CONVERTS); module-level so that
-# benchmarks can compare them end to end.
+# benchmarks can compare variants end to end (bench_kernels.py --fma-max-m / --mma-convert).
 FMA_CONVERT = "cvt"
-MMA_CONVERT = "cvt"
-FMA_MAX_M = 2  # largest M served by the CUDA-core kernel; above it the tensor-core one
+MMA_CONVERT: str | None = None  # None: "f32" for M <= F32_MAX_M, "cvt" above (measured, BENCHMARKS.md)
+FMA_MAX_M = 2      # largest M served by the CUDA-core kernel for weights of up to FMA_M2_MAX_ELEMS
+FMA_M2_MAX_ELEMS = 8192 * 8192  # larger weights at M = 2 go to the tensor-core kernel
+F32_MAX_M = 4
+
+
+def _fma_serves(m: int, n: int, k: int) -> bool:
+    return m == 1 or (m <= FMA_MAX_M and (m < 2 or n * k <= FMA_M2_MAX_ELEMS))
 
 
 def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
-    """Heuristic launch configuration (fitted to H100 sweeps): split K until ~4 programs per SM."""
-    if m <= FMA_MAX_M:
+    """Heuristic launch configuration: split K until ~4 programs per SM.
+
+    Tiles and splits were fitted to H100 sweeps; the kernel choice per M and the E4M3 conversion of
+    the tensor-core kernel come from the H200 graph-timed tables in BENCHMARKS.md (2026-11-28):
+    the packed fp32 route ("f32") was 4-12 % faster than Triton's direct E4M3->BF16 conversion at
+    M = 2..4 in every measurement, even at M = 8 (one shape 6 % slower) and behind at M = 16. At M = 2
+    the tensor-core kernel beats the GEMV on large weights (8-12 %) and loses on 4096-wide ones.
+    """
+    if _fma_serves(m, n, k):
         block_k = 512 if m == 1 and n >= 14336 else 256
         tiles = triton.cdiv(n, 16)
         return DecodeConfig("fma", 16, block_k, _split_for(tiles, k, block_k, 4 * sm_count, 512), 4, 3,
                             FMA_CONVERT)
     tiles = triton.cdiv(n, 64)
-    return DecodeConfig("mma", 64, 128, _split_for(tiles, k, 128, 4 * sm_count, 1024), 4, 3, MMA_CONVERT)
+    convert = MMA_CONVERT or ("f32" if m <= F32_MAX_M else "cvt")
+    return DecodeConfig("mma", 64, 128, _split_for(tiles, k, 128, 4 * sm_count, 1024), 4, 3, convert)
 
 
 def candidate_configs(m: int, n: int, k: int, sm_count: int = 132) -> list[DecodeConfig]:
