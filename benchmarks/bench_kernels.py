@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
     print(f"device: {device_name()}; timer {TIMER}; heuristic fma for M <= {td.FMA_MAX_M}, "
-          f"fma convert {td.FMA_CONVERT}, mma convert {td.MMA_CONVERT}", flush=True)
+          f"fma convert {td.FMA_CONVERT}, mma convert {td.MMA_CONVERT or f'f32 to M = {td.F32_MAX_M}, cvt above'}",
+          flush=True)
     t0 = time.time()
     if args.sweep_decode:
         rows = sweep_decode(shapes, ms, args)

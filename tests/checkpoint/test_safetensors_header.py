@@ -58,3 +58,27 @@ def test_synthetic_checkpoint_opens(make_synthetic):
     ckpt = Checkpoint.open(make_synthetic(shards=3, moe="experts"))
     assert "model.layers.0.mlp.experts.3.down_proj.weight" in ckpt.tensors
     assert ckpt.config["model_type"] == "qwen3_moe"
+
+
+def test_hub_cache_snapshot_links_into_blobs_are_accepted(tmp_path, make_synthetic):
+    src = make_synthetic("src")
+    repo = tmp_path / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        blob = repo / "blobs" / f"blob-{f.name}"
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(f"../../blobs/{blob.name}")
+    ckpt = Checkpoint.open(snap)
+    assert "lm_head.weight" in ckpt.tensors
+
+
+def test_symlink_out_of_an_ordinary_directory_is_refused(tmp_path, make_synthetic):
+    src = make_synthetic("src")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (src / "model.safetensors").rename(other / "model.safetensors")
+    (src / "model.safetensors").symlink_to(other / "model.safetensors")
+    with pytest.raises(CheckpointError, match="outside"):
+        Checkpoint.open(src)

@@ -73,11 +73,22 @@ def confined(root: Path, relative: str, what: str) -> Path:
     if ".." in Path(relative).parts or Path(relative).is_absolute():
         raise CheckpointError(f"{what}: file name {relative!r} points outside the checkpoint directory")
     path = root / relative
-    real_root = root.resolve()
     real = path.resolve()
-    if real != real_root and real_root not in real.parents:
+    if not any(real == allowed or allowed in real.parents for allowed in _allowed_roots(root)):
         raise CheckpointError(f"{what}: file {relative!r} resolves outside the checkpoint directory")
     return path
+
+
+def _allowed_roots(root: Path) -> tuple[Path, ...]:
+    """Where a checkpoint's files may really live: inside it, and for a Hugging Face hub cache
+    snapshot (``…/snapshots/<rev>/`` whose files link to ``…/blobs/``) in that repo's blob store."""
+    real_root = root.resolve()
+    absolute = root.absolute()
+    if absolute.parent.name == "snapshots":
+        blobs = absolute.parent.parent / "blobs"
+        if blobs.is_dir() and not blobs.is_symlink():
+            return real_root, blobs.resolve()
+    return (real_root,)
 
 
 class Checkpoint:

@@ -251,13 +251,13 @@ def _split_for(tiles: int, k: int, block_k: int, target_programs: int, min_k: in
 # benchmarks can compare variants end to end (bench_kernels.py --fma-max-m / --mma-convert).
 FMA_CONVERT = "cvt"
 MMA_CONVERT: str | None = None  # None: "f32" for M <= F32_MAX_M, "cvt" above (measured, BENCHMARKS.md)
-FMA_MAX_M = 2      # largest M served by the CUDA-core kernel for weights of up to FMA_M2_MAX_ELEMS
-FMA_M2_MAX_ELEMS = 8192 * 8192  # larger weights at M = 2 go to the tensor-core kernel
+FMA_MAX_M = 2      # largest M served by the CUDA-core kernel...
+FMA_MULTI_ROW_MAX_ELEMS = 8192 * 8192  # ...but for M >= 2 only on weights up to this many elements
 F32_MAX_M = 4
 
 
 def _fma_serves(m: int, n: int, k: int) -> bool:
-    return m == 1 or (m <= FMA_MAX_M and (m < 2 or n * k <= FMA_M2_MAX_ELEMS))
+    return m <= FMA_MAX_M and (m == 1 or n * k <= FMA_MULTI_ROW_MAX_ELEMS)
 
 
 def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
