@@ -5,6 +5,8 @@
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-prefill # tune prefill configs / fused vs cuBLAS
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-convert # E4M3 conversion variants, M <= 16,
                                                                       # plus Llama-8B layer shapes at M = 1
+    PYTHONPATH=src python benchmarks/bench_kernels.py --sass          # no GPU needed: compile the decode
+                                   # kernels for sm_90 and print the main loop's SASS instruction counts
 
 Timing (default ``--timer graph``): the calls over all weight copies (enough copies to exceed L2 several
 times, so every weight comes from HBM) are captured in one CUDA graph, replayed 10 times, and the median
@@ -327,6 +329,64 @@ def sweep_convert(shapes, ms, args) -> list[dict]:
     return rows
 
 
+def sass_report(ms, args) -> list[dict]:
+    """Compile the decode kernels for sm_90 (no GPU needed) and count the main loop's SASS instructions.
+
+    Uses Triton's bundled ptxas and cuobjdump. The loop is the longest backward branch; counts are per
+    thread and per iteration, and an iteration covers BLOCK_N x BLOCK_K weight bytes per program.
+    """
+    import collections
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mxmix.runtime.kernels import triton_decode as td
+
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    sig = {"x_ptr": "*bf16", "w_ptr": "*fp8e4nv", "s_ptr": "*u8", "b_ptr": "*bf16", "out_ptr": "*bf16",
+           "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
+           "stride_om": "i32", "k_per_split": "i32", "split": "i32"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12)}
+    rows = []
+    cfgs = []
+    for m in ms:
+        base = td.default_decode_config(m, 8192, 28672)
+        cfgs += [(m, td.DecodeConfig(base.kind, base.block_n, base.block_k, base.split_k, base.num_warps,
+                                     base.num_stages, conv)) for conv in td._KIND_CONVERTS[base.kind]]
+    for m, cfg in cfgs:
+        block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
+        const = {"HAS_BIAS": False, "SPLIT": cfg.split_k > 1, "EVEN_K": True, "BLOCK_M": block_m,
+                 "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "CONVERT": td.CONVERTS[cfg.convert]}
+        fn = td._decode_fma_kernel if cfg.kind == "fma" else td._decode_mma_kernel
+        kernel = triton.compile(ASTSource(fn, {**sig, **dict.fromkeys(const, "constexpr")}, const, attrs),
+                                target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            text = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", f.name], capture_output=True,
+                                  text=True, check=True).stdout
+        instrs = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", text)]
+        loop: list[str] = []
+        for addr, t in instrs:
+            target = re.search(r"BRA\s.*?0x([0-9a-f]+)", t)
+            if target and int(target.group(1), 16) < addr:
+                body = [u for a, u in instrs if int(target.group(1), 16) <= a <= addr]
+                loop = body if len(body) > len(loop) else loop
+        ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in loop)
+        per_byte = sum(ops.values()) * cfg.num_warps * 32 / (cfg.block_n * cfg.block_k)
+        rows.append({"m": m, "config": cfg.label(), "loop_instructions": sum(ops.values()),
+                     "per_weight_byte": per_byte, "ops": dict(ops)})
+        print(f"M={m:<3} {cfg.label():32} loop {sum(ops.values()):4d} instr/thread ({per_byte:.2f} per weight byte): "
+              + ", ".join(f"{k} {v}" for k, v in ops.most_common(8)), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="NxK list")
@@ -335,11 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-prefill", action="store_true")
     ap.add_argument("--sweep-convert", action="store_true")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
+    ap.add_argument("--sass", action="store_true", help="SASS loop instruction counts for sm_90 (no GPU)")
     ap.add_argument("--timer", choices=("graph", "do_bench"), default="graph")
     ap.add_argument("--fma-max-m", type=int, help="heuristic: largest M served by the fma kernel (default 2, M = 2 only up to 8192x8192)")
     ap.add_argument("--mma-convert", help="heuristic: E4M3 conversion of the mma kernel for every M (default f32 up to M = 8, cvt above)")
     ap.add_argument("--json", help="write all rows to this JSON file")
     args = ap.parse_args(argv)
+    if args.sass:
+        rows = sass_report([int(v) for v in args.ms.split(",") if int(v) <= 16], args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows}, f, indent=1)
+        return 0
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
         return 2

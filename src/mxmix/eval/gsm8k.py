@@ -216,11 +216,21 @@ class Client:
             raise CompletionError(f"{route}: {getattr(exc, 'reason', exc)}") from None
 
     def models(self) -> list[str]:
-        try:
-            data = self._call("/models", None)
-            return [m["id"] for m in data.get("data", [])]
-        except (CompletionError, KeyError, TypeError) as exc:
-            raise MxmixError(f"cannot list models at {self._url('/models')}: {exc}") from None
+        """Model ids from /v1/models (retried with the same back-off: a server may still be starting)."""
+        for attempt in range(self.max_attempts):
+            try:
+                data = self._call("/models", None)
+                return [m["id"] for m in data.get("data", [])]
+            except CompletionError as exc:
+                last: Exception = exc
+                if exc.status is not None and exc.status < 500:
+                    break
+            except (KeyError, TypeError, AttributeError) as exc:
+                last = exc
+                break
+            if attempt + 1 < self.max_attempts:
+                self.sleep(self.backoff * 2 ** attempt)
+        raise MxmixError(f"cannot list models at {self._url('/models')}: {last}")
 
     def complete(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """(text, usage). Retries with exponential back-off; HTTP 400 answers "" at once, as SGLang does."""
