@@ -29,3 +29,23 @@ def test_renderers_show_every_row_and_the_next_steps() -> None:
            "plan_disagreements": {"mixed-last6": {"sglang": 0}, "mixed-last6-prefix": {"sglang-23467": 42}}}
     text = format_demo(doc)
     assert "z = 11.7" in text and "mxmix eval fidelity --reference ./my-model" in text
+
+
+def test_full_demo_runs_offline_and_writes_its_report(tmp_path, capsys, smollm2_bf16) -> None:
+    """The README's main command, end to end (short windows to keep CI fast)."""
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--ctx", "128", "--windows", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "mxmix eval fidelity --reference" in text  # ends by saying how to run it on one's own model
+    for name in ("report.md", "report.json", "fidelity.json"):
+        assert (out / name).is_file(), name
+    assert any(p.suffix == ".png" for p in out.rglob("*.png"))
+    assert any(p.suffix == ".html" for p in out.rglob("*.html"))
+    report = json.loads((out / "report.json").read_text())
+    # the engine-safe mixed checkpoint audits clean; the prefix one is flagged for the #23467 reading
+    assert report["audit"]["mixed-last6"]["exit_code"] == 0
+    assert report["plan_disagreements"]["mixed-last6-prefix"]["sglang-23467"] > 0
+    rows = {(r["checkpoint"], r["reading"]): r for r in report["fidelity"]}
+    assert rows[("mixed-last6-prefix", "sglang-23467")]["kld"] > rows[("mixed-last6-prefix", "sglang")]["kld"]
