@@ -126,34 +126,37 @@ def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None
     runtime = runtime_paths(modules)
     notes: list[str] = []
     skip_lists: dict[str, list[str]] = {}
-    decisions: dict[str, dict[str, Decision]] = {}
+    columns: list[list[Decision]] = []   # per engine, aligned with ``modules``
+    paths = [m.path for m in modules]
+    runtime_asked = [runtime[p] for p in paths]
+    declared = bool(qc.get("quant_method"))
     for name in names:
         info = get_engine(name)
-        if not qc.get("quant_method"):
+        if not declared:
             skip_lists[name] = []
-            decisions[name] = {m.path: Decision(m.path, name, KEEP, None,
-                                                "the checkpoint declares no quantization: loaded unquantized")
-                               for m in modules}
+            reason = "the checkpoint declares no quantization: loaded unquantized"
+            columns.append([Decision(p, name, KEEP, None, reason) for p in paths])
             continue
         rules = skip_list_for(qc, name, hf_quant if isinstance(hf_quant, dict) else None)
         skip_lists[name] = rules
         try:
             compiled = compile_rules(rules, name)
         except MxmixError as exc:  # e.g. an invalid re: rule in the canonical reading
-            decisions[name] = {m.path: Decision(m.path, name, ERROR, None, str(exc)) for m in modules}
+            columns.append([Decision(p, name, ERROR, None, str(exc)) for p in paths])
             notes.append(f"{name}: {exc}")
             continue
-        cache: dict[str, Decision] = {}
-        per: dict[str, Decision] = {}
-        for m in modules:
-            asked = runtime[m.path] if info.runtime_names else m.path
-            if asked not in cache:
-                cache[asked] = compiled.decide(asked)
-            per[m.path] = cache[asked]
-        decisions[name] = per
-    if not qc.get("quant_method"):
+        # each distinct asked path decided once (per-expert modules share their FusedMoE's answer)
+        asked = runtime_asked if info.runtime_names else paths
+        distinct = list(dict.fromkeys(asked))
+        if len(distinct) == len(asked):
+            columns.append(compiled.decide_many(asked))
+        else:
+            by_path = dict(zip(distinct, compiled.decide_many(distinct)))
+            columns.append([by_path[a] for a in asked])
+    if not declared:
         notes.append("no quantization_config: every engine loads this checkpoint unquantized")
-    rows = [PlanRow(m, {n: decisions[n][m.path] for n in names}) for m in modules]
+    rows = [PlanRow(m, dict(zip(names, ds))) for m, ds in zip(modules, zip(*columns))] if names else \
+        [PlanRow(m, {}) for m in modules]
     return Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, rows, notes)
 
 
