@@ -12,9 +12,6 @@ from typing import Any
 
 from mxmix.audit.findings import Finding, exit_code, format_findings, group_modules, sort_findings, summarise
 
-# rules x modules above which `lint` runs without the module-by-module comparison (it is quadratic).
-LINT_BUDGET = 200_000
-
 __all__ = [
     "AuditResult",
     "Finding",
@@ -147,17 +144,14 @@ def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], plan: Any)
         if isinstance(value, list) and all(isinstance(r, str) for r in value):
             lists.setdefault(tuple(value), []).append(key)
     grouped: dict[tuple[str, str], dict[str, Any]] = {}
-    scaled_down: list[str] = []
+    row_paths = [r.module.path for r in plan.rows]
     for rules, keys in lists.items():
         if not rules:
             continue
-        # `lint` with modules re-decides every module once per rule (dead-rule test): quadratic. Past
-        # a budget, lint the rule forms only; dead rules then come from the plan's deciding rules.
-        with_modules = len(rules) * max(1, len(modules)) <= LINT_BUDGET
-        found = lint(list(rules), modules=modules if with_modules else None, engines=engines)
-        if not with_modules:
-            scaled_down += keys
-            found += _dead_rules_from_plan(rules, plan)
+        # engines whose own skip list is this very list: their decisions are already in the plan
+        decided = {e: dict(zip(row_paths, plan.column(e))) for e in engines
+                   if tuple(plan.skip_lists.get(e, ())) == rules}
+        found = lint(list(rules), modules=modules, engines=engines, decided=decided)
         for lf in found:
             g = grouped.setdefault((lf.code, lf.severity), {"rules": [], "messages": [], "keys": []})
             if lf.rule is not None and lf.rule not in g["rules"]:
@@ -165,12 +159,6 @@ def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], plan: Any)
             g["messages"].append(lf.message)
             g["keys"] += [k for k in keys if k not in g["keys"]]
     out: list[Finding] = []
-    if scaled_down:
-        out.append(Finding(
-            "info", "rules", "lint-forms-only",
-            f"{', '.join(scaled_down)}: too many rules x modules for the per-rule engine comparison; "
-            "linted rule forms and dead rules only",
-            "Engine disagreements are still reported in full by the engine check above.", ()))
     for (code, lint_severity), g in grouped.items():
         # Lint is advice about the list; what it breaks on this checkpoint is reported (as errors) by
         # the engine check, so a lint "error" alone does not fail the audit.
@@ -185,18 +173,6 @@ def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], plan: Any)
                            details={"lint_severity": lint_severity, "keys": g["keys"],
                                     "messages": g["messages"][:20]}, subject="rule"))
     return out
-
-
-def _dead_rules_from_plan(rules: Sequence[str], plan: Any) -> list[Any]:
-    """Rules that decide no module in the canonical reading (they match nothing, or only modules an
-    earlier rule already decides), read off the plan instead of re-matching per rule."""
-    from mxmix.rules.lint import WARNING, LintFinding
-
-    used = {r.decisions["canonical"].rule for r in plan.rows}
-    return [LintFinding(WARNING, "dead-rule", rule,
-                        "decides no Linear module of the checkpoint (canonical reading): it matches none, "
-                        "or only modules an earlier rule already keeps")
-            for rule in dict.fromkeys(rules) if rule not in used]
 
 
 def _lint_consequence(severity: str) -> str:

@@ -57,23 +57,25 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
     verdicts: list[EngineVerdict] = []
     if not plan.quant_method:
         return findings, verdicts   # no quantization_config: engines load everything unquantized (config check)
+    paths = [row.module.path for row in plan.rows]
+    stored_quantized = [row.module.quantized for row in plan.rows]
     for engine in engines:
         info = get_engine(engine)
         applies = plan.dialect in info.dialects
         keeps, quantizes, raises = [], [], []
         reasons: dict[str, list[str]] = {}
-        for row in plan.rows:
-            d = row.decisions[engine]
-            m = row.module
-            if d.decision == ERROR:
-                raises.append(m.path)
+        for path, quantized, d in zip(paths, stored_quantized, plan.column(engine)):
+            outcome = d.decision
+            if outcome == KEEP:
+                if quantized:
+                    keeps.append(path)
+            elif outcome == ERROR:
+                raises.append(path)
                 # one finding per kind of error, not per layer: numbers in the reason are abstracted
                 group = reasons.setdefault(_NUMBERS.sub("N", d.reason), [d.reason])
-                group.append(m.path)
-            elif d.decision == KEEP and m.quantized:
-                keeps.append(m.path)
-            elif d.decision != KEEP and not m.quantized:
-                quantizes.append(m.path)
+                group.append(path)
+            elif not quantized:
+                quantizes.append(path)
         # stacked experts: two weights (gate_up, down) under one FusedMoE path
         keeps, quantizes, raises = (list(dict.fromkeys(x)) for x in (keeps, quantizes, raises))
         verdicts.append(EngineVerdict(engine, info.version, applies, len(plan.skip_lists.get(engine, [])),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxmix.checkpoint.layout import Checkpoint
-from mxmix.checkpoint.safetensors_header import FLOAT_DTYPES, FP8_DTYPES
+from mxmix.checkpoint.safetensors_header import FLOAT_DTYPES, FP8_DTYPES, _gc_paused
 
 EMBEDDING_NAMES = frozenset({
     "embed_tokens", "wte", "wpe", "word_embeddings", "position_embeddings", "token_type_embeddings",
@@ -82,6 +82,11 @@ def _is_weight_dtype(dtype: str) -> bool:
 
 def linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
     """Every Linear module of ``ckpt``, naturally sorted by weight name; headers only."""
+    with _gc_paused():  # ~10^5 small acyclic objects: cyclic GC passes over them only cost time
+        return _linear_modules(ckpt)
+
+
+def _linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
     tensors = ckpt.tensors
     out: list[LinearModule] = []
     for name, loc in tensors.items():

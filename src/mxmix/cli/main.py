@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_hard_exit = False
+
+
+def request_hard_exit() -> None:
+    """Ask the process entry point to end with os._exit once the command returns.
+
+    For commands that ran torch from several threads (the server): libstdc++ can abort ("terminate
+    called without an active exception") while tearing those threads' state down at interpreter exit,
+    turning a clean stop into SIGABRT. The command has already closed and flushed everything by then.
+    """
+    global _hard_exit
+    _hard_exit = True
+
+
+def entry() -> None:
+    """Console-script / ``python -m`` entry: run, then exit (hard only where a command asked for it)."""
+    code = main()
+    if _hard_exit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,4 +95,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from mxmix.cli.main import request_hard_exit
     from mxmix.errors import MxmixError
     from mxmix.serve.server import ApiServer, load_backend, serve_until_signalled
 
@@ -58,4 +59,5 @@ def run(args: argparse.Namespace) -> int:
 
     serve_until_signalled(server, announce)
     sys.stderr.write("mxmix serve: stopped\n")
+    request_hard_exit()
     return 0

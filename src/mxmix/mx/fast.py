@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -93,7 +94,11 @@ def _run_ranges(device: torch.device, total: int, chunk: int, work: Callable[[in
     on CPU, each in its own Python thread running single-threaded torch ops; one call elsewhere."""
     n_chunks = -(-total // chunk) if total else 0
     caller_threads = torch.get_num_threads()
-    workers = min(caller_threads, n_chunks) if device.type == "cpu" else 1
+    # Only the main thread fans out: torch's thread settings are process-wide state, and changing them
+    # from threads of a threaded caller (a server's request handlers) raced with those threads' own
+    # torch work and aborted the process ("terminate called without an active exception").
+    fan_out = device.type == "cpu" and threading.current_thread() is threading.main_thread()
+    workers = min(caller_threads, n_chunks) if fan_out else 1
     if workers <= 1:
         work(0, total)
         return

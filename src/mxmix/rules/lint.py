@@ -3,12 +3,14 @@ meaning differs between the engines you will serve with (engine-semantics.md §8
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from mxmix.rules.canonical import classify
-from mxmix.rules.decision import ERROR, KEEP
+from mxmix.rules.decision import ERROR, KEEP, Decision
 from mxmix.rules.engines import ENGINES, get_engine
 
 ERROR_SEV, WARNING, INFO = "error", "warning", "info"
@@ -16,6 +18,7 @@ REGEX_METACHARS = frozenset("^$+(){}|\\")
 TOP_LEVEL_MODULES = frozenset({"lm_head", "output", "embed_out", "score", "classifier"})
 FUSED_RUNTIME_NAMES = frozenset({"qkv_proj", "gate_up_proj"})
 MAX_EXAMPLES = 3
+_OUTCOME = operator.itemgetter(2)  # Decision.decision, read in C
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,9 @@ def _form_findings(rule: str, engines: Sequence[str]) -> list[LintFinding]:
 
 
 def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
-               runtime: dict[str, str]) -> dict[str, tuple[str, str | None]] | None:
-    """module -> (decision, deciding rule) for the whole list under ``engine`` (None: list unusable)."""
+               runtime: dict[str, str]) -> list[Decision] | None:
+    """The Decision per module, aligned with ``modules``, for the whole list under ``engine``
+    (None: list unusable). Each distinct asked path is decided once."""
     from mxmix.errors import MxmixError
     from mxmix.rules import compile_rules
 
@@ -106,16 +110,75 @@ def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
         compiled = compile_rules(list(rules), engine)
     except MxmixError:
         return None
-    use_runtime = get_engine(engine).runtime_names
-    cache: dict[str, tuple[str, str | None]] = {}
-    out: dict[str, tuple[str, str | None]] = {}
+    asked = [runtime[m] for m in modules] if get_engine(engine).runtime_names else list(modules)
+    distinct = list(dict.fromkeys(asked))
+    answers = dict(zip(distinct, compiled.decide_many(distinct)))
+    return list(map(answers.__getitem__, asked))
+
+
+def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: dict[str, str]) -> list[str]:
+    """Rules that, alone, keep (or make an error of) no module in the canonical reading.
+
+    Plain rules — the bulk of a long skip list — are answered together: one walk of a trie of their
+    components from every start position of every module (and of every fused module's shards)
+    collects every rule that names a contiguous run of components, and the rules that reach below a
+    FusedMoE module are found by a set lookup. Regex and glob rules are decided one by one.
+    """
+    from mxmix.rules.canonical import _is_expert_child
+    from mxmix.rules.decision import DEFAULT_FUSED
+
+    plain: dict[tuple[str, ...], list[str]] = {}
+    patterned: list[str] = []
+    for rule in rules:
+        form = classify(rule)
+        if form.kind == "plain":
+            plain.setdefault(tuple(form.text.split(".")), []).append(rule)
+        elif form.kind != "invalid":
+            patterned.append(rule)
+    alive: set[tuple[str, ...]] = set()
+    # trie node: [children, rule key ending here or None]
+    root: dict[str, list[Any]] = {}
+    for key in plain:
+        children, node = root, None
+        for part in key:
+            node = children.setdefault(part, [{}, None])
+            children = node[0]
+        node[1] = key
+
+    def walk(parts: Sequence[str]) -> None:
+        n = len(parts)
+        for i in range(n):
+            node = root.get(parts[i])
+            j = i
+            while node is not None:
+                if node[1] is not None:
+                    alive.add(node[1])
+                j += 1
+                if j == n:
+                    break
+                node = node[0].get(parts[j])
+
+    expert_suffixes: set[tuple[str, ...]] = set()
     for m in modules:
-        asked = runtime[m] if use_runtime else m
-        if asked not in cache:
-            d = compiled.decide(asked)
-            cache[asked] = (d.decision, d.rule)
-        out[m] = cache[asked]
-    return out
+        parts = m.split(".")
+        walk(parts)
+        last = parts[-1]
+        if last in DEFAULT_FUSED:
+            for shard in DEFAULT_FUSED[last]:
+                walk([*parts[:-1], shard])
+        elif last == "experts":
+            expert_suffixes.update(tuple(parts[k:]) for k in range(len(parts) + 1))
+    if expert_suffixes:
+        for key in plain:
+            if key not in alive and any(_is_expert_child(key[cut:]) and key[:cut] in expert_suffixes
+                                        for cut in range(len(key))):
+                alive.add(key)
+    dead = {rule for key, listed in plain.items() if key not in alive for rule in listed}
+    for rule in patterned:
+        alone = _decisions([rule], "canonical", modules, runtime)
+        if alone is not None and not any(d.decision in (KEEP, ERROR) for d in alone):
+            dead.add(rule)
+    return [rule for rule in rules if rule in dead]
 
 
 def _word(decision: str) -> str:
@@ -123,9 +186,15 @@ def _word(decision: str) -> str:
 
 
 def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
-         engines: Sequence[str] | None = None) -> list[LintFinding]:
+         engines: Sequence[str] | None = None, *,
+         decided: Mapping[str, Mapping[str, Any]] | None = None) -> list[LintFinding]:
     """Findings for ``rules``; with ``modules`` (a checkpoint's Linear module paths) also dead rules and
-    rules whose effect differs between ``engines`` (default: every reading, against canonical) there."""
+    rules whose effect differs between ``engines`` (default: every reading, against canonical) there.
+
+    ``decided`` (optional): engine -> module path -> Decision already computed for *these* rules
+    (e.g. by ``plan_checkpoint`` when an engine reads this very list); those engines are not re-run.
+    Near-linear in rules + modules.
+    """
     from mxmix.rules.plan import runtime_path_map
 
     chosen = list(engines or [])
@@ -143,29 +212,34 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
         return findings
     modules = list(dict.fromkeys(modules))
     runtime = runtime_path_map(modules)
-    for rule in dict.fromkeys(rules):
-        if classify(rule).kind == "invalid":
-            continue
-        alone = _decisions([rule], "canonical", modules, runtime)
-        if alone is not None and not any(d in (KEEP, ERROR) for d, _ in alone.values()):
-            findings.append(LintFinding(WARNING, "dead-rule", rule,
-                                        "matches no Linear module of the checkpoint (canonical reading)"))
+    for rule in _dead_rules(list(dict.fromkeys(rules)), modules, runtime):
+        findings.append(LintFinding(WARNING, "dead-rule", rule,
+                                    "matches no Linear module of the checkpoint (canonical reading)"))
     base = chosen[0] if chosen else "canonical"
     others = chosen[1:] if chosen else [e for e in ENGINES if e != "canonical"]
-    base_map = _decisions(rules, base, modules, runtime)
-    if base_map is None or not others:
+
+    def outcomes(engine: str) -> list[Decision] | None:
+        known = (decided or {}).get(engine)
+        if known is not None:
+            return list(map(known.__getitem__, modules))
+        return _decisions(rules, engine, modules, runtime)
+
+    if not others:
         return findings
+    base_list = outcomes(base)
+    if base_list is None:
+        return findings
+    base_decisions = list(map(_OUTCOME, base_list))
     # (rule or None) -> engine -> [(module, base outcome, engine outcome)]
     diffs: dict[str | None, dict[str, list[tuple[str, str, str]]]] = {}
     for e in others:
-        emap = _decisions(rules, e, modules, runtime)
-        if emap is None:
+        elist = outcomes(e)
+        if elist is None or list(map(_OUTCOME, elist)) == base_decisions:
             continue
-        for m in modules:
-            (bd, br), (ed, er) = base_map[m], emap[m]
-            if bd != ed:
-                culprit = er if er is not None else br
-                diffs.setdefault(culprit, {}).setdefault(e, []).append((m, _word(bd), _word(ed)))
+        for m, b, d in zip(modules, base_list, elist):
+            if b.decision != d.decision:
+                culprit = d.rule if d.rule is not None else b.rule
+                diffs.setdefault(culprit, {}).setdefault(e, []).append((m, _word(b.decision), _word(d.decision)))
     for culprit, per_engine in diffs.items():
         parts = []
         for e, items in per_engine.items():

@@ -64,6 +64,13 @@ class Plan:
     skip_lists: dict[str, list[str]]
     rows: list[PlanRow]
     notes: list[str] = field(default_factory=list)
+    # engine -> its Decision per row, aligned with ``rows`` (the same objects as in rows' dicts)
+    columns: dict[str, list[Decision]] = field(default_factory=dict, repr=False, compare=False)
+
+    def column(self, engine: str) -> list[Decision]:
+        """``engine``'s decision for every row, in row order."""
+        col = self.columns.get(engine)
+        return col if col is not None else [r.decisions[engine] for r in self.rows]
 
     def disagreements(self) -> dict[str, int]:
         return {e: sum(r.disagrees(e) for r in self.rows) for e in self.engines}
@@ -112,6 +119,13 @@ def default_engines(quantization_config: dict[str, Any] | None) -> list[str]:
 
 def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None) -> Plan:
     """Each Linear of ``ckpt``: stored precision and every engine's decision from the checkpoint's config."""
+    from mxmix.checkpoint.safetensors_header import _gc_paused
+
+    with _gc_paused():  # 10^5-10^6 small acyclic objects (decisions, rows): GC passes only cost time
+        return _plan_checkpoint(ckpt, engines)
+
+
+def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None) -> Plan:
     from mxmix.rules import compile_rules
 
     if not isinstance(ckpt, Checkpoint):
@@ -157,7 +171,8 @@ def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None
         notes.append("no quantization_config: every engine loads this checkpoint unquantized")
     rows = [PlanRow(m, dict(zip(names, ds))) for m, ds in zip(modules, zip(*columns))] if names else \
         [PlanRow(m, {}) for m in modules]
-    return Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, rows, notes)
+    return Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, rows, notes,
+                dict(zip(names, columns)))
 
 
 def compact_groups(plan: Plan) -> list[tuple[str, list[PlanRow]]]:

@@ -25,6 +25,8 @@ Entry = tuple[int, Any]
 
 _DEFAULT_FLAGS = re.compile("").flags
 _REGEX_META = set(".^$*+?{}[]|()")
+GLOB_META = frozenset("*?[")
+_UNSEEN = object()
 # numbered / named back-references and conditionals: not safe to renumber inside one alternation
 _REFERENCES = re.compile(r"\\\d|\(\?P=|\(\?\(")
 
@@ -192,39 +194,93 @@ def _char_trie(keys: Iterable[tuple[int, str]]) -> tuple[dict[str, list[Any]], i
     return root, empty
 
 
+def _radix(children: dict[str, list[Any]]) -> dict[str, tuple[str, list[Any]]]:
+    """A character trie's chains of single-child, rule-less nodes merged into one edge label:
+    ``{first char: (label, [edges, smallest index ending here])}`` (one C-level ``startswith``
+    per edge instead of one dict lookup per character). Iterative: rules can be long."""
+    out: dict[str, tuple[str, list[Any]]] = {}
+    stack = [(children, out)]
+    while stack:
+        kids, into = stack.pop()
+        for ch, node in kids.items():
+            label = [ch]
+            while node[1] is None and len(node[0]) == 1:
+                (nxt, node), = node[0].items()
+                label.append(nxt)
+            edges: dict[str, tuple[str, list[Any]]] = {}
+            into[ch] = ("".join(label), [edges, node[1]])
+            stack.append((node[0], edges))
+    return out
+
+
 class SubstringIndex:
-    """Rule-in-subject: a character trie walked from every position (each walk stops at the first
-    character no rule continues with)."""
+    """Rule-in-subject: a (path-compressed) trie of the rules walked from every position where some
+    rule's first character occurs; each walk stops at the first edge the subject does not continue."""
+
+    MAX_STARTS = 8  # few distinct first characters: find where each occurs instead of trying every position
 
     def __init__(self, entries: Iterable[Entry]) -> None:
-        self.root, self.empty = _char_trie(entries)
+        root, self.empty = _char_trie(entries)
+        self.root = _radix(root)
 
     def first(self, subject: str) -> int | None:
         best = self.empty
         root = self.root
         n = len(subject)
-        for i in range(n):
-            node = root.get(subject[i])
+        starts: list[int] | range = range(n)
+        if len(root) <= self.MAX_STARTS:
+            starts = []
+            for ch in root:
+                i = subject.find(ch)
+                while i >= 0:
+                    starts.append(i)
+                    i = subject.find(ch, i + 1)
+        for i in starts:
+            edge = root.get(subject[i])
             j = i
-            while node is not None:
-                children, hit = node
+            while edge is not None:
+                label, (edges, hit) = edge
+                if not subject.startswith(label, j):
+                    break
                 if hit is not None and (best is None or hit < best):
                     best = hit
-                j += 1
-                if j == n:
+                j += len(label)
+                if j >= n:
                     break
-                node = children.get(subject[j])
+                edge = edges.get(subject[j])
         return best
 
 
 class EndsWithIndex:
-    """Subject-ends-with-rule: one walk of a trie of reversed rules from the subject's last character."""
+    """Subject-ends-with-rule. With few distinct rule lengths (the usual case: full module names),
+    one dict lookup of the subject's tail per length; otherwise one walk of a trie of reversed rules
+    from the subject's last character."""
+
+    MAX_LENGTHS = 32
 
     def __init__(self, entries: Iterable[Entry]) -> None:
-        self.root, self.empty = _char_trie((i, k[::-1]) for i, k in entries)
+        entries = list(entries)
+        by_length: dict[int, dict[str, int]] = {}
+        for index, key in entries:
+            table = by_length.setdefault(len(key), {})
+            if key not in table or index < table[key]:
+                table[key] = index
+        self.empty = by_length.pop(0, {}).get("")
+        self.by_length = sorted(by_length.items()) if len(by_length) <= self.MAX_LENGTHS else None
+        if self.by_length is None:
+            self.root, self.empty = _char_trie((i, k[::-1]) for i, k in entries)
 
     def first(self, subject: str) -> int | None:
         best = self.empty
+        if self.by_length is not None:
+            n = len(subject)
+            for length, table in self.by_length:
+                if length > n:
+                    break
+                hit = table.get(subject[n - length:])
+                if hit is not None and (best is None or hit < best):
+                    best = hit
+            return best
         j = len(subject) - 1
         node = self.root.get(subject[j]) if j >= 0 else None
         while node is not None:
@@ -239,27 +295,31 @@ class EndsWithIndex:
 
 
 class ContainedInIndex:
-    """Subject-in-rule: a sorted array of every rule suffix; the subject is a prefix of a range of it."""
+    """Subject-in-rule: every rule joined (rule order) by a separator no subject contains; the first
+    occurrence of the subject lies in the smallest-index rule that contains it (one C-level search)."""
+
+    SEP = "\0"
 
     def __init__(self, entries: Iterable[Entry]) -> None:
-        table: dict[str, int] = {}
-        for index, key in entries:
-            for i in range(len(key) + 1):
-                suffix = key[i:]
-                if suffix not in table or index < table[suffix]:
-                    table[suffix] = index
-        self.suffixes = sorted(table)
-        self.indices = [table[s] for s in self.suffixes]
+        ordered = sorted(entries, key=lambda e: e[0])
+        self.keys = [k for _, k in ordered]
+        self.indices = [i for i, _ in ordered]
+        self.starts: list[int] = []
+        pos = 0
+        for k in self.keys:
+            self.starts.append(pos)
+            pos += len(k) + 1
+        self.joined = self.SEP.join(self.keys) + self.SEP
 
     def first(self, subject: str) -> int | None:
-        best: int | None = None
-        i = bisect.bisect_left(self.suffixes, subject)
-        suffixes, indices = self.suffixes, self.indices
-        while i < len(suffixes) and suffixes[i].startswith(subject):
-            if best is None or indices[i] < best:
-                best = indices[i]
-            i += 1
-        return best
+        if not self.keys:
+            return None
+        if self.SEP in subject:  # cannot use the joined text: ask each rule
+            return next((i for i, k in zip(self.indices, self.keys) if subject in k), None)
+        at = self.joined.find(subject)
+        if at < 0:
+            return None
+        return self.indices[bisect.bisect_right(self.starts, at) - 1]
 
 
 def regex_literal_prefix(pattern: str) -> str:
@@ -283,6 +343,24 @@ def regex_literal_prefix(pattern: str) -> str:
         out.append(literal)
         i += step
     return "".join(out)
+
+
+def regex_literal(pattern: str) -> str | None:
+    """The literal string ``pattern`` matches when it has no regex construct at all (only plain
+    characters and escaped punctuation), else None."""
+    if "\\" not in pattern:
+        return None if _REGEX_META & set(pattern) else pattern
+    prefix = regex_literal_prefix(pattern)
+    # the prefix scan stops at the first construct; the whole pattern is literal when it consumed it all
+    return prefix if _escaped_length(pattern, prefix) == len(pattern) else None
+
+
+def _escaped_length(pattern: str, literal: str) -> int:
+    """Characters of ``pattern`` that spell ``literal`` (each escaped character counts two)."""
+    i = 0
+    for _ in literal:
+        i += 2 if pattern[i] == "\\" else 1
+    return i
 
 
 def glob_literal_prefix(pattern: str) -> str:
@@ -329,7 +407,19 @@ class RegexIndex:
         self.single: list[tuple[int, Callable[[str], Any]]] = []
         self.buckets: dict[str, list[tuple[int, str, int]]] = {}
         self.trie: list[Any] = [{}, None]  # [children, bucket key or None]
+        # patterns with no construct at all are literal strings: answered from tables, never compiled
+        exact: list[Entry] = []       # fullmatch / glob: the subject equals the literal
+        ancestor: list[Entry] = []    # glob-ancestors: the subject or a dotted ancestor equals it
+        prefix_of: list[Entry] = []   # match: the subject starts with it
         for index, pattern, mode in entries:
+            if mode in (GLOB, GLOB_ANCESTORS):
+                literal = None if GLOB_META & set(pattern) else pattern
+            else:
+                literal = regex_literal(pattern)
+            if literal is not None:
+                (exact if mode in (FULL, GLOB) else ancestor if mode == GLOB_ANCESTORS else prefix_of).append(
+                    (index, literal))
+                continue
             try:
                 compiled = re.compile(fnmatch.translate(pattern) if mode in (GLOB, GLOB_ANCESTORS) else pattern)
             except re.error as exc:
@@ -349,6 +439,10 @@ class RegexIndex:
                 node[1] = key
             self.buckets.setdefault(key, []).append((index, source, compiled.groups))
         self.single.sort(key=lambda e: e[0])
+        self.exact = _first_table(exact)
+        self.ancestor = _first_table(ancestor)
+        self.prefix_root, self.prefix_empty = _char_trie(prefix_of)
+        self.has_prefix = bool(prefix_of)
         self.combined: dict[str, tuple[Callable[[str], Any], dict[int, int]] | None] = {}
 
     def _combined(self, key: str) -> tuple[Callable[[str], Any], dict[int, int]] | None:
@@ -365,8 +459,39 @@ class RegexIndex:
         except (re.error, RecursionError, OverflowError):
             return None  # e.g. the same group name twice: this bucket is tried one by one
 
+    def _first_literal(self, subject: str) -> int | None:
+        best = self.exact.get(subject) if self.exact else None
+        if self.ancestor:
+            table = self.ancestor
+            hit = table.get(subject)
+            if hit is not None and (best is None or hit < best):
+                best = hit
+            i = subject.find(".")
+            while i >= 0:
+                hit = table.get(subject[:i])
+                if hit is not None and (best is None or hit < best):
+                    best = hit
+                i = subject.find(".", i + 1)
+        if self.has_prefix:
+            hit = self.prefix_empty
+            node = self.prefix_root.get(subject[0]) if subject else None
+            j = 0
+            while node is not None:
+                children, end = node
+                if end is not None and (hit is None or end < hit):
+                    hit = end
+                j += 1
+                if j == len(subject):
+                    break
+                node = children.get(subject[j])
+            if hit is not None and (best is None or hit < best):
+                best = hit
+        return best
+
     def first(self, subject: str, parts: Sequence[str] | None = None) -> int | None:
-        best: int | None = None
+        best = self._first_literal(subject)
+        if not self.buckets and not self.single:
+            return best
         node = self.trie
         chain = [node[1]] if node[1] is not None else []
         if parts is None:
@@ -421,8 +546,11 @@ class DotWildcardIndex:
     lengths that end at a boundary of the subject.
     """
 
+    MEMO_LIMIT = 1 << 20
+
     def __init__(self, entries: Iterable[Entry]) -> None:
         self.entries = list(entries)
+        self.memo: dict[str, int | None] = {}
         self.groups: dict[int, dict[tuple[tuple[int, int], ...], dict[str, int]]] = {}
         for index, rule in self.entries:
             spans, pos = [], 0
@@ -432,6 +560,7 @@ class DotWildcardIndex:
             table = self.groups.setdefault(len(rule), {}).setdefault(tuple(spans), {})
             if rule not in table or index < table[rule]:
                 table[rule] = index
+        self.by_length = sorted(self.groups.items())
 
     def first(self, subject: str) -> int | None:
         if "\n" in subject:  # '.' and '$' treat newlines specially: ask the regex engine
@@ -440,23 +569,28 @@ class DotWildcardIndex:
                     return index
             return None
         n = len(subject)
-        ends = {n}
-        i = subject.find(".")
-        while i >= 0:
-            ends.add(i)
-            ends.add(i + 1)
-            i = subject.find(".", i + 1)
         best: int | None = None
-        groups = self.groups
-        for length in ends:
-            by_spans = groups.get(length)
-            if by_spans is None:
+        memo = self.memo
+        for length, by_spans in self.by_length:
+            if length > n:
+                break
+            # the boundary: a dot before or after the rule's end, or the end of the subject
+            if length != n and subject[length] != "." and not (length and subject[length - 1] == "."):
                 continue
             head = subject[:length]
-            for spans, table in by_spans.items():
-                hit = table.get(".".join([head[a:b] for a, b in spans]))
-                if hit is not None and (best is None or hit < best):
-                    best = hit
+            # the answer for a length depends on the head alone, and sibling paths share their heads
+            found = memo.get(head, _UNSEEN)
+            if found is _UNSEEN:
+                found = None
+                for spans, table in by_spans.items():
+                    hit = table.get(".".join([head[a:b] for a, b in spans]))
+                    if hit is not None and (found is None or hit < found):
+                        found = hit
+                if len(memo) >= self.MEMO_LIMIT:
+                    memo.clear()
+                memo[head] = found
+            if found is not None and (best is None or found < best):
+                best = found
         return best
 
 

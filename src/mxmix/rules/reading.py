@@ -78,12 +78,14 @@ class BoundReading:
     def decide_many(self, paths: Sequence[str]) -> list[Decision]:
         """``decide`` for many paths (same answers, less per-path overhead)."""
         reading, rules, engine = self.reading, self.rules, self.engine
+        new = tuple.__new__  # Decision's own __new__ is a Python-level function: 3x the cost
         out = []
+        append = out.append
         for p in paths:
             try:
                 outcome, index, reason = reading(p)
             except EngineRaised as exc:
                 outcome, index, reason = ERROR, exc.index, exc.reason
-            out.append(Decision(p, engine, outcome, None if index is None else rules[index], reason))
+            append(new(Decision, (p, engine, outcome, None if index is None else rules[index], reason)))
         return out
 

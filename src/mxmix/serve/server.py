@@ -104,6 +104,7 @@ def chat_messages(req: dict[str, Any]) -> list[dict[str, str]]:
 # --- the HTTP layer ------------------------------------------------------------------------------
 
 class Handler(BaseHTTPRequestHandler):
+    timeout = 60  # a client that connects and goes silent cannot hold a thread (or shutdown) forever
     server: ApiServer
     server_version = "mxmix-serve"
 
@@ -190,7 +191,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class ApiServer(ThreadingHTTPServer):
-    daemon_threads = True
+    # Handler threads are joined on close (not killed at interpreter exit): a daemon thread torn down in
+    # the middle of a torch op can abort the process. Cancellation and the per-connection timeout bound
+    # the wait.
+    daemon_threads = False
+    block_on_close = True
     request_queue_size = 256
 
     def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 8000, *,
