@@ -1,6 +1,8 @@
-"""Text generation for the server: one model, one worker at a time, OpenAI sampling parameters.
+"""Text generation for the server: one model, one worker thread, OpenAI sampling parameters.
 
-Why a single lock rather than batching: a CPU or single-GPU test server gains little from batching a
+All model work runs on one long-lived thread: request-handler threads are short-lived, and a thread
+that ran torch ops can abort the process when it exits ("terminate called without an active
+exception"), so handlers only queue work and wait. Why serial rather than batching: a CPU or single-GPU test server gains little from batching a
 135M model, and a strictly serial worker makes greedy outputs independent of concurrency (the batch
 invariance SGLang cannot promise), which is what an accuracy harness wants.
 """
@@ -8,6 +10,7 @@ invariance SGLang cannot promise), which is what an accuracy harness wants.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,7 @@ class Generation:
 
 
 class Backend:
-    """Wraps a causal LM + tokenizer; ``generate`` is serialised by a lock (requests queue on it)."""
+    """Wraps a causal LM + tokenizer; ``generate`` calls queue for the single model thread."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str, *, max_context: int | None = None) -> None:
         self.model = model.eval()
@@ -35,8 +38,8 @@ class Backend:
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list | tuple) else [eos] if eos is not None else [])
-        self.lock = threading.Lock()
         self.cancel = threading.Event()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxmix-model")
         import inspect
 
         # transformers 5.2x names the KV-cache argument/field ``cache``; older releases ``past_key_values``
@@ -58,8 +61,12 @@ class Backend:
                  stop: list[str] | None = None, seed: int | None = None) -> Generation:
         import torch
 
-        with self.lock:
-            return self._generate(torch, prompt_ids, max_tokens, temperature, top_p, stop or [], seed)
+        job = self._worker.submit(self._generate, torch, prompt_ids, max_tokens, temperature, top_p, stop or [], seed)
+        return job.result()
+
+    def close(self) -> None:
+        """Finish queued work (cut short by ``cancel``) and stop the model thread."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
 
     def _generate(self, torch: Any, prompt_ids: list[int], max_tokens: int, temperature: float, top_p: float,
                   stop: list[str], seed: int | None) -> Generation:

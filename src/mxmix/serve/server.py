@@ -274,6 +274,7 @@ def serve_until_signalled(server: ApiServer, announce: Any = None) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.server_close()
+        server.backend.close()
 
 
 def load_backend(checkpoint: str, device: str = "cpu", dtype: str = "bfloat16") -> Backend:
