@@ -155,9 +155,9 @@ def format_demo(doc: dict[str, Any]) -> str:
                      f"{p['se']:.5f} (z = {p['z']:.1f}) -- the kept layers are silently quantized")
     lines += ["", "Audit:",
               f"  mixed-last6 (full skip list):  exit {doc['audit']['mixed-last6']['exit_code']} "
-              f"(engine disagreements: {doc['plan_disagreements']['mixed-last6']})",
+              f"(modules misread: {_per_engine(doc['plan_disagreements']['mixed-last6'])})",
               f"  mixed-last6-prefix:            exit {prefix_audit['exit_code']} "
-              f"(engine disagreements: {doc['plan_disagreements']['mixed-last6-prefix']})",
+              f"(modules misread: {_per_engine(doc['plan_disagreements']['mixed-last6-prefix'])})",
               "", f"Wrote {out}/: report.md, report.json, fidelity.json, precision-map.png/.html, "
                   "precision-map-prefix.png, and the three checkpoints.",
               "", "Run the same on your own checkpoint:",
@@ -173,3 +173,8 @@ def format_demo(doc: dict[str, Any]) -> str:
 def check_out(out: str | Path, force: bool) -> None:
     if Path(out).exists() and not force:
         raise MxmixError(f"{out} already exists; pass --force to replace it")
+
+
+def _per_engine(counts: dict[str, int]) -> str:
+    """{'sglang': 0, 'vllm': 42} -> 'sglang 0, vllm 42'."""
+    return ", ".join(f"{engine} {n}" for engine, n in counts.items())
