@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ STACKED_SUFFIXES = ("_scale_inv", "_scale", "_bias", "_blocks", "_scales", "_zer
 LAYER_CONTAINERS = frozenset({"layers", "layer", "h", "blocks", "block"})
 MX_SCALE_DTYPES = frozenset({"U8", "F8_E8M0"})
 _DIGITS = re.compile(r"(\d+)")
+_HAS_DIGIT = re.compile(r"\d")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,39 @@ class LinearModule:
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort ``layers.2`` before ``layers.10``."""
-    return tuple(int(t) if t.isdigit() else t for t in _DIGITS.split(name))
+    parts = _DIGITS.split(name)          # text, digits, text, ...: the digit runs are the odd items
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
+
+
+def natural_keys(names: Sequence[str]) -> list[tuple[Any, ...]]:
+    """``[natural_key(n) for n in names]``, faster on names that share parents.
+
+    A digit run never spans a dot, so when the last two components hold no digit the key is the
+    (memoised) key of the grandparent path with its trailing text extended.
+    """
+    split = _DIGITS.split
+    parents: dict[str, tuple[Any, ...]] = {}
+    plain_tails: dict[str, bool] = {}
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    for name in names:
+        head, _, tail = name.rpartition(".")
+        grand, dot, mid = head.rpartition(".")
+        tail = f".{mid}.{tail}"
+        plain = plain_tails.get(tail)
+        if plain is None:
+            plain = plain_tails[tail] = _HAS_DIGIT.search(tail) is None
+        if plain and dot:
+            key = parents.get(grand)
+            if key is None:
+                parts = split(grand)
+                parts[1::2] = map(int, parts[1::2])
+                key = parents[grand] = tuple(parts)
+            append((*key[:-1], key[-1] + tail))
+        else:
+            append(natural_key(name))
+    return out
 
 
 def layer_index(parts: list[str]) -> int | None:
@@ -76,8 +110,29 @@ def layer_index(parts: list[str]) -> int | None:
     return None
 
 
-def _is_weight_dtype(dtype: str) -> bool:
-    return dtype in FLOAT_DTYPES or dtype in FP8_DTYPES
+_WEIGHT_DTYPES = frozenset(FLOAT_DTYPES) | frozenset(FP8_DTYPES)
+
+
+def _parent_facts(parent: str) -> tuple[int | None, int | None, str | None]:
+    """What a module's parent path fixes: its decoder layer (unless the module name itself is the
+    layer number), and for per-expert modules the expert and the kind's prefix.
+
+    ``kind_prefix`` is None when ``experts`` is not a parent component; when the parent ends in
+    ``experts`` the expert is None (the module's own name is then the expert number).
+    """
+    if not parent:
+        return None, None, None
+    parts = parent.split(".")
+    layer = layer_index(parts)
+    if "experts" not in parts:
+        return layer, None, None
+    k = len(parts) - 1 - parts[::-1].index("experts")
+    rest = parts[k + 1:]
+    if not rest:
+        return layer, None, ""
+    if not rest[0].isdigit():
+        return layer, None, None
+    return layer, int(rest[0]), "experts." + "".join(p + "." for p in rest[1:])
 
 
 def linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
@@ -87,32 +142,65 @@ def linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
 
 
 def _linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
+    # One pass over ~10^5 names: string tests before any split, the decoder layer memoised per parent
+    # path, and modules built straight into their __dict__ (a frozen dataclass's __init__ costs 2x).
     tensors = ckpt.tensors
+    weight_dtypes = _WEIGHT_DTYPES
+    new = object.__new__
+    by_parent: dict[str, tuple[int | None, int | None, str | None]] = {}
     out: list[LinearModule] = []
+    append = out.append
     for name, loc in tensors.items():
         info = loc.info
-        if not _is_weight_dtype(info.dtype):
+        dtype = info.dtype
+        if dtype not in weight_dtypes:
             continue
-        parts = name.split(".")
-        if len(info.shape) == 2 and parts[-1] == "weight" and len(parts) >= 2:
-            module = ".".join(parts[:-1])
-            last = parts[-2]
+        shape = info.shape
+        ndim = len(shape)
+        if ndim == 2 and name.endswith(".weight"):
+            module = name[:-7]
+            parent, _, last = module.rpartition(".")
             if last in EMBEDDING_NAMES or "embed" in last or "norm" in last:
                 continue
-            expert = None
-            kind = last
-            mparts = parts[:-1]
-            if "experts" in mparts:
-                k = len(mparts) - 1 - mparts[::-1].index("experts")
-                rest = mparts[k + 1:]
-                if rest and rest[0].isdigit():
-                    expert = int(rest[0])
-                    kind = "experts." + ".".join(rest[1:]) if len(rest) > 1 else "experts"
-            scale = next((f"{module}.{s}" for s in ("weight_scale_inv", "weight_scale")
-                          if f"{module}.{s}" in tensors), None)
-            out.append(LinearModule(module, name, info.dtype, tuple(info.shape), layer_index(mparts), kind,
-                                    scale, False, expert, tensors[scale].info.dtype if scale else None))
-        elif len(info.shape) == 3 and len(parts) >= 2 and "experts" in parts[:-1]:
+            facts = by_parent.get(parent)
+            if facts is None:
+                facts = by_parent[parent] = _parent_facts(parent)
+            layer, expert, kind_prefix = facts
+            if layer is None and parent and last.isdigit() and parent.rpartition(".")[2] in LAYER_CONTAINERS:
+                layer = int(last)
+            if kind_prefix is None or last == "experts":
+                kind = last
+                expert = None
+            elif expert is None:          # <...>.experts.<last>: last is the expert number
+                if last.isdigit():
+                    expert = int(last)
+                    kind = "experts"
+                else:
+                    kind = last
+            else:
+                kind = kind_prefix + last
+            scale = module + ".weight_scale_inv"
+            if scale not in tensors:
+                scale = module + ".weight_scale"
+                if scale not in tensors:
+                    scale = None
+            m = new(LinearModule)
+            d = m.__dict__
+            d["path"] = module
+            d["weight"] = name
+            d["dtype"] = dtype
+            d["shape"] = tuple(shape)
+            d["layer"] = layer
+            d["kind"] = kind
+            d["scale"] = scale
+            d["stacked"] = False
+            d["expert"] = expert
+            d["scale_dtype"] = tensors[scale].info.dtype if scale else None
+            append(m)
+        elif ndim == 3 and "experts" in name:
+            parts = name.split(".")
+            if len(parts) < 2 or "experts" not in parts[:-1]:
+                continue
             # stacked experts: <p>.experts.<proj>[.weight]
             tail = parts[-1]
             if tail == "weight":
@@ -127,11 +215,12 @@ def _linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
             candidates = ([f"{name[:-len('.weight')]}.weight_scale_inv", f"{name[:-len('.weight')]}.weight_scale"]
                           if tail == "weight" else [f"{name}_scale_inv", f"{name}_scale"])
             scale = next((c for c in candidates if c in tensors), None)
-            out.append(LinearModule(module, name, info.dtype, tuple(info.shape), layer_index(parts[:k]),
-                                    f"experts.{proj}", scale, True, None,
-                                    tensors[scale].info.dtype if scale else None))
-    out.sort(key=lambda m: natural_key(m.weight))
-    return out
+            append(LinearModule(module, name, dtype, tuple(shape), layer_index(parts[:k]),
+                                f"experts.{proj}", scale, True, None,
+                                tensors[scale].info.dtype if scale else None))
+    keys = natural_keys([m.weight for m in out])
+    order = sorted(range(len(out)), key=keys.__getitem__)
+    return [out[i] for i in order]
 
 
-__all__ = ["LinearModule", "layer_index", "linear_modules", "natural_key"]
+__all__ = ["LinearModule", "layer_index", "linear_modules", "natural_key", "natural_keys"]
