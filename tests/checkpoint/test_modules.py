@@ -103,3 +103,15 @@ def test_helpers():
     assert layer_index(["model", "layers", "12", "mlp"]) == 12
     assert layer_index(["lm_head"]) is None
     assert natural_key("layers.2") < natural_key("layers.10")
+
+
+def test_decoder_layer_agrees_with_layer_index() -> None:
+    from mxmix.checkpoint.modules import decoder_layer, layer_index
+
+    assert decoder_layer("model.layers.34.mlp.experts.0.down_proj") == ("model.layers.34", 34)
+    assert decoder_layer("transformer.h.3.attn.c_attn") == ("transformer.h.3", 3)
+    assert decoder_layer("lm_head") is None
+    assert decoder_layer("model.layers.7") is None  # the layer itself, not a module inside it
+    for path in ("model.layers.34.mlp.down_proj", "transformer.h.3.attn.c_attn", "model.layers.x.q_proj"):
+        found = decoder_layer(path)
+        assert (found[1] if found else None) == layer_index(path.split("."))

@@ -110,6 +110,16 @@ def layer_index(parts: list[str]) -> int | None:
     return None
 
 
+def decoder_layer(path: str) -> tuple[str, int] | None:
+    """(the decoder layer's module path, its number) for a module inside one, e.g.
+    ``model.layers.3.mlp.up_proj`` → ``("model.layers.3", 3)``; the same reading as :func:`layer_index`."""
+    parts = path.split(".")
+    for i in range(1, len(parts) - 1):
+        if parts[i - 1] in LAYER_CONTAINERS and parts[i].isdigit():
+            return ".".join(parts[:i + 1]), int(parts[i])
+    return None
+
+
 _WEIGHT_DTYPES = frozenset(FLOAT_DTYPES) | frozenset(FP8_DTYPES)
 
 

@@ -12,16 +12,15 @@ layers, and the first ⌊N/2⌋ + last ⌈N/2⌉ layers.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mxmix.checkpoint.modules import decoder_layer, natural_key
 from mxmix.errors import MxmixError
 from mxmix.eval import stats as st
 
 GRANULARITIES = ("layer", "module")
-_LAYER = re.compile(r"^(.*?\.layers\.(\d+))\.")
 
 
 @dataclass
@@ -48,9 +47,9 @@ def make_units(model: Any, granularity: str) -> list[Unit]:
         w = getattr(mod, "weight", None)
         if w is None or w.ndim != 2 or w.shape[-1] % 32 or not w.dtype.is_floating_point or w.dtype.itemsize < 2:
             continue
-        m = _LAYER.match(path)
-        layer = int(m.group(2)) if m else None
-        key = m.group(1) if (granularity == "layer" and m) else path
+        found = decoder_layer(path)
+        layer = found[1] if found else None
+        key = found[0] if (granularity == "layer" and found) else path
         u = units.setdefault(key, Unit(key, [], 0, layer))
         u.modules.append(path)
         u.extra_bytes += extra_bf16_bytes(w.shape)
@@ -168,13 +167,9 @@ def run_sensitivity(reference: str, texts: Sequence[str] = (), *, ctx: int = 256
         "kld_all_mxfp8": kld_all, "kld_sum_of_singles": sum(u.cost for u in units),
         "units": [{"name": u.name, "layer": u.layer, "modules": len(u.modules), "extra_bytes": u.extra_bytes,
                    "kld_cost": u.cost, "rank": i + 1} for i, u in enumerate(ranking)],
-        "keep_rules": sorted(kept_mods, key=_natural),
+        "keep_rules": sorted(kept_mods, key=natural_key),
         "comparisons": comparisons,
     }
-
-
-def _natural(s: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
 def format_sensitivity(doc: dict[str, Any], top: int = 12) -> str:
