@@ -106,6 +106,32 @@ def measure(model, prompt_len: int, new_tokens: int, label: str, hf_tokens: int)
     return res
 
 
+def profile_step(model, label: str, top: int = 15) -> None:
+    """GPU time by kernel over one eager one-token step (after a prefill), to show where a step goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mxmix.runtime.generate import _cache_kw, _static_cache
+
+    ids = torch.randint(3, model.config.vocab_size, (1, 32), device="cuda")
+    cache = _static_cache(model, 64)
+    kw = {_cache_kw(model): cache}
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        model(input_ids=nxt, use_cache=True, **kw)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(input_ids=nxt, use_cache=True, **kw)
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
+    total = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    launches = sum(e.count for e in events if getattr(e, "self_device_time_total", 0) > 0)
+    print(f"[{label}] one eager step: {launches} kernels, {total / 1e3:.2f} ms of GPU time", flush=True)
+    for e in sorted(events, key=lambda e: -getattr(e, "self_device_time_total", 0))[:top]:
+        t = getattr(e, "self_device_time_total", 0)
+        print(f"    {t / 1e3:7.3f} ms {e.count:5d}x  {e.key[:90]}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
@@ -114,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--hf-tokens", type=int, default=32, help="tokens for the HF generate comparison (0: skip)")
     ap.add_argument("--variants", default="", help="comma list of fma=CONVERT / mma=CONVERT to compare")
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of one eager decode step")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -130,11 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     model = build_bf16(args.layers, args.vocab)
     print(f"built BF16 model in {time.time() - t0:.0f} s", flush=True)
     bf16 = measure(model, args.prompt_len, args.new_tokens, "bf16", args.hf_tokens)
+    probe = torch.randint(3, args.vocab, (1, 16), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+    from mxmix.runtime.pointwise import install_pointwise, remove_pointwise
+
+    with torch.inference_mode():
+        plain = model(probe).logits.float()
+    pw = install_pointwise(model)
+    with torch.inference_mode():
+        pw_err = float((model(probe).logits.float() - plain).norm() / plain.norm())
+    print(f"pointwise kernels: {pw.to_dict()}; logits rel diff vs plain {pw_err:.2e}", flush=True)
+    bf16_pw = measure(model, args.prompt_len, args.new_tokens, "bf16+pointwise", 0)
+    if args.profile:
+        profile_step(model, "bf16+pointwise")
+    remove_pointwise(model)
     t0 = time.time()
     n = to_mxfp8(model)
     print(f"quantized {n} Linear modules to MXFP8 in {time.time() - t0:.0f} s", flush=True)
     mx_unfused = measure(model, args.prompt_len, args.new_tokens, "mxfp8-unfused", 0)
-    probe = torch.randint(3, args.vocab, (1, 16), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
     with torch.inference_mode():
         before = model(probe).logits.float()
     from mxmix.runtime.fusion import fuse_sibling_linears
@@ -144,31 +183,44 @@ def main(argv: list[str] | None = None) -> int:
         after = model(probe).logits.float()
     fuse_err = float((after - before).norm() / before.norm())
     print(f"fused {groups} sibling groups (q/k/v, gate/up); logits rel diff vs unfused {fuse_err:.2e}", flush=True)
-    mx = measure(model, args.prompt_len, args.new_tokens, "mxfp8", args.hf_tokens)
+    mx_plain = measure(model, args.prompt_len, args.new_tokens, "mxfp8", 0)
+    install_pointwise(model)
+    mx = measure(model, args.prompt_len, args.new_tokens, "mxfp8+pointwise", args.hf_tokens)
+    if args.profile:
+        profile_step(model, "mxfp8+pointwise")
     mx["unfused_graph_tok_s"] = mx_unfused["graph"]["tok_s"]
+    mx["no_pointwise_graph_tok_s"] = mx_plain["graph"]["tok_s"]
+    bf16["pointwise_graph_tok_s"] = bf16_pw["graph"]["tok_s"]
+    bf16["pointwise_logits_rel_diff"] = pw_err
     if args.variants:
         from mxmix.runtime.kernels import triton_decode as td
 
         mx["variants"] = {}
         for spec in [v for v in args.variants.split(",") if v] + ["default"]:
             saved = (td.FMA_CONVERT, td.MMA_CONVERT)
-            if spec != "default":
-                kind, conv = spec.split("=")
+            for part in ([] if spec == "default" else spec.split("+")):
+                kind, conv = part.split("=")
                 setattr(td, f"{kind.upper()}_CONVERT", conv)
-            r = measure(model, args.prompt_len, args.new_tokens, f"mxfp8 {spec}", 0)
+            r = measure(model, args.prompt_len, args.new_tokens, f"mxfp8+pointwise {spec}", 0)
             td.FMA_CONVERT, td.MMA_CONVERT = saved
             mx["variants"][spec] = {"tok_s": r["graph"]["tok_s"], "speedup": r["graph"]["tok_s"] / bf16["graph"]["tok_s"],
                                     "tokens_equal_default": sum(a == b for a, b in zip(r["tokens"], mx["tokens"]))}
             print(f"SUMMARY variant {spec}: {r['graph']['tok_s']:.1f} tok/s -> x{mx['variants'][spec]['speedup']:.2f} "
-                  f"(first tokens equal to default: {mx['variants'][spec]['tokens_equal_default']}/16)", flush=True)
+                  f"vs bf16 (first tokens equal to default: {mx['variants'][spec]['tokens_equal_default']}/16)", flush=True)
     mx["fusion_logits_rel_diff"] = fuse_err
     summary = {"graph_speedup": mx["graph"]["tok_s"] / bf16["graph"]["tok_s"],
+               "graph_speedup_like_for_like": mx["graph"]["tok_s"] / bf16_pw["graph"]["tok_s"],
+               "graph_speedup_no_pointwise": mx_plain["graph"]["tok_s"] / bf16["graph"]["tok_s"],
                "graph_speedup_unfused": mx_unfused["graph"]["tok_s"] / bf16["graph"]["tok_s"]}
     if "hf_eager" in bf16:
         summary["hf_eager_speedup"] = mx["hf_eager"]["tok_s"] / bf16["hf_eager"]["tok_s"]
     summary["first_tokens_equal"] = sum(a == b for a, b in zip(bf16["tokens"], mx["tokens"]))
-    print(f"SUMMARY graph decode: bf16 {bf16['graph']['tok_s']:.1f} tok/s, mxfp8 {mx['graph']['tok_s']:.1f} tok/s "
-          f"-> x{summary['graph_speedup']:.2f} (target >= 1.5; unfused q/k/v+gate/up x{summary['graph_speedup_unfused']:.2f}); weights {bf16['weights_gib']:.2f} -> "
+    print(f"SUMMARY graph decode: transformers bf16 {bf16['graph']['tok_s']:.1f} tok/s, mxmix mxfp8 {mx['graph']['tok_s']:.1f} "
+          f"tok/s -> x{summary['graph_speedup']:.2f} (target >= 1.5)", flush=True)
+    print(f"SUMMARY like for like: bf16+pointwise {bf16_pw['graph']['tok_s']:.1f} vs mxfp8+pointwise -> "
+          f"x{summary['graph_speedup_like_for_like']:.2f}; no pointwise kernels on either side "
+          f"x{summary['graph_speedup_no_pointwise']:.2f}; unfused q/k/v+gate/up x{summary['graph_speedup_unfused']:.2f}", flush=True)
+    print(f"SUMMARY memory: weights {bf16['weights_gib']:.2f} -> "
           f"{mx['weights_gib']:.2f} GiB; peak {bf16['graph']['peak_gib']:.2f} -> {mx['graph']['peak_gib']:.2f} GiB",
           flush=True)
     if "hf_eager_speedup" in summary:

@@ -3,6 +3,7 @@
     PYTHONPATH=src python benchmarks/bench_kernels.py                 # the issue's table (dispatch path)
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-decode  # tune decode launch configs
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-prefill # tune prefill configs / fused vs cuBLAS
+    PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-chunked --ms 4096 # prefill: row chunks through L2
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-convert # E4M3 conversion variants, M <= 16,
                                                                       # plus Llama-8B layer shapes at M = 1
     PYTHONPATH=src python benchmarks/bench_kernels.py --sass          # no GPU needed: compile the decode
@@ -156,12 +157,25 @@ def run_table(shapes, ms, args) -> list[dict]:
 
 
 def sweep_decode(shapes, ms, args) -> list[dict]:
-    from mxmix.runtime.kernels.triton_decode import DecodeConfig, default_decode_config, mxfp8_decode_matmul
+    from mxmix.runtime.kernels.triton_decode import (
+        DecodeConfig,
+        _split_for,
+        default_decode_config,
+        mxfp8_decode_matmul,
+    )
 
-    fma_cfgs = [DecodeConfig("fma", 16, bk, sp, 4, 3) for bk, sp in product([256, 512], [1, 2, 4])]
-    mma_cfgs = [DecodeConfig("mma", bn, bk, sp, 4, 3) for bn, bk, sp in
-                product([64, 128], [128, 256], [1, 2, 4, 8])]
-    mma_cfgs += [DecodeConfig("mma", 128, 128, sp, 8, 3) for sp in (1, 4)]
+    fma_cfgs = [DecodeConfig("fma", 16, bk, sp, 4, 3, c) for bk, sp, c in product([256, 512], [1, 2, 4], ["cvt", "prmt"])]
+
+    def mma_cfgs(n: int, k: int) -> list:
+        """tile x warps/stages x split (the heuristic's split for the tile, halved and doubled), prmt conversion"""
+        out = []
+        for bn, bk, (w, st) in product([32, 64, 128], [128, 256], [(4, 3), (4, 4), (8, 3), (8, 4)]):
+            base = _split_for(-(-n // bn), k, bk, 4 * 132, 1024)
+            for sp in sorted({max(1, base // 2), base, base * 2}):
+                if k // sp >= bk:
+                    out.append(DecodeConfig("mma", bn, bk, sp, w, st, args.mma_convert or "prmt"))
+        return out
+
     rows = []
     for n, k in shapes:
         sets = make_weights(n, k, copies_for(n, k))
@@ -170,7 +184,7 @@ def sweep_decode(shapes, ms, args) -> list[dict]:
             bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
                                lambda x, w: torch.matmul(x, w.t())))
             default = default_decode_config(m, n, k)
-            cfgs = [default] + (fma_cfgs if m <= 2 else []) + mma_cfgs
+            cfgs = [default] + (fma_cfgs if m <= 2 else []) + mma_cfgs(n, k)
             best = None
             for cfg in cfgs:
                 try:
@@ -252,6 +266,39 @@ def sweep_prefill(shapes, ms, args) -> list[dict]:
     return rows
 
 
+def sweep_chunked(shapes, ms, args) -> list[dict]:
+    """Prefill: whole-weight dequant + cuBLAS vs chunks of rows through one L2-resident BF16 buffer."""
+    from mxmix.runtime.kernels import triton_prefill as tp
+
+    rows_out = []
+    for n, k in shapes:
+        sets = make_weights(n, k, min(2, copies_for(n, k)))
+        for m in ms:
+            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
+                               lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
+            buf = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
+            deq = bench(Rotor([(q, s) for _, q, s in sets], lambda q, s, buf=buf: tp.dequantize_to(q, s, buf)), warmup=5, rep=20)
+            line = {"n": n, "k": k, "m": m, "bf16_us": bf16, "dequant_us": deq}
+            variants = [("whole", lambda x, q, s: tp.mxfp8_prefill_cublas(x, q, s))]
+            variants += [(f"rows{r}", lambda x, q, s, r=r: tp.mxfp8_prefill_chunked(x, q, s, chunk_rows=r))
+                         for r in (256, 512, 1024, 2048, 4096) if r < n]
+            variants.append(("chunked-default", lambda x, q, s: tp.mxfp8_prefill_chunked(x, q, s)))
+            for label, fn in variants:
+                t = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)], fn), warmup=5, rep=20)
+                line[label] = t
+            rows_out.append(line)
+            best = min((v, key) for key, v in line.items() if key.startswith(("whole", "rows", "chunked")))
+            print(f"{n:>6}x{k:<6} M={m:<5} bf16 {bf16:8.1f} us  dequant {deq:7.1f} us  "
+                  + "  ".join(f"{key} {v:.0f} (x{bf16 / v:.2f})" for key, v in line.items()
+                              if key.startswith(("whole", "rows", "chunked")))
+                  + f"  default rows {tp.default_chunk_rows(n, k, torch.device('cuda'))}  best {best[1]} x{bf16 / best[0]:.2f}",
+                  flush=True)
+        del sets
+        torch.cuda.empty_cache()
+    return rows_out
+
+
 def convert_candidates(m: int, n: int, k: int):
     """The shipped heuristic's pick first, then the E4M3 conversion variants around it."""
     from mxmix.runtime.kernels.triton_decode import DecodeConfig, _split_for, default_decode_config
@@ -262,12 +309,11 @@ def convert_candidates(m: int, n: int, k: int):
         fma = default if default.kind == "fma" else DecodeConfig(
             "fma", 16, 256, _split_for(-(-n // 16), k, 256, 4 * 132, 512), 4, 3)
         cands += [DecodeConfig(fma.kind, fma.block_n, fma.block_k, fma.split_k, fma.num_warps, fma.num_stages, c)
-                  for c in ("cvt", "int")]
-    if m >= 2:
-        for bn, bk, w in ((64, 128, 4), (128, 128, 8), (64, 256, 4)):
-            split = _split_for(-(-n // bn), k, bk, 4 * 132, 1024)
-            convs = ("cvt", "f32", "fold") if (bn, bk) == (64, 128) else ("f32", "fold")
-            cands += [DecodeConfig("mma", bn, bk, split, w, 3, c) for c in convs]
+                  for c in ("cvt", "prmt")]
+    for bn, bk, w in ((64, 128, 4), (128, 128, 8), (64, 256, 4)):
+        split = _split_for(-(-n // bn), k, bk, 4 * 132, 1024)
+        convs = ("f32", "prmt") if (bn, bk) == (64, 128) else ("prmt",)
+        cands += [DecodeConfig("mma", bn, bk, split, w, 3, c) for c in convs]
     seen = []
     for c in cands:
         if c not in seen:
@@ -293,8 +339,8 @@ def sweep_convert(shapes, ms, args) -> list[dict]:
         bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
                            lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
         cands = convert_candidates(m, n, k)
-        if layer is not None:  # M = 1 layer costs: the heuristic and the fma kernel's two conversions
-            cands = [c for c in cands if c.kind == "fma"] or cands[:1]
+        if layer is not None:  # M = 1 layer costs: the heuristic, the fma kernel's conversions, mma prmt
+            cands = [c for c in cands if c.kind == "fma" or (c.convert == "prmt" and c.block_k == 128)] or cands[:1]
         timed = []
         for i, cfg in enumerate(cands):
             try:
@@ -394,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-decode", action="store_true")
     ap.add_argument("--sweep-prefill", action="store_true")
     ap.add_argument("--sweep-convert", action="store_true")
+    ap.add_argument("--sweep-chunked", action="store_true", help="prefill: whole dequant vs row chunks through L2")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
     ap.add_argument("--sass", action="store_true", help="SASS loop instruction counts for sm_90 (no GPU)")
     ap.add_argument("--timer", choices=("graph", "do_bench"), default="graph")
@@ -428,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = sweep_decode(shapes, ms, args)
     elif args.sweep_convert:
         rows = sweep_convert(shapes, ms, args)
+    elif args.sweep_chunked:
+        rows = sweep_chunked(shapes, ms, args)
     elif args.sweep_prefill:
         sweep_dequant(shapes)
         rows = sweep_prefill(shapes, ms, args)

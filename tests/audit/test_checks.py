@@ -238,3 +238,14 @@ def test_engine_errors_are_grouped_across_layers(tmp_path):
     raised = [f for f in audit_checkpoint(d, engines=["sglang"]).findings if f.code == "engine-raises"]
     assert len(raised) == 1 and "e.g. " in raised[0].message
     assert set(raised[0].modules) == {f"model.layers.{n}.self_attn.{p}_proj" for n in range(6) for p in "qkv"}
+
+
+def test_add_finding_only_reports_non_empty_groups():
+    from mxmix.audit.findings import Finding, add_finding
+
+    out: list[Finding] = []
+    add_finding(out, "error", "config", "none", "m", "c", [])
+    add_finding(out, "warning", "scales", "some", "m", "c", ("a", "b"), bytes={"a": 1})
+    add_finding(out, "info", "config", "plain", "m", "c", ["x"])
+    assert out == [Finding("warning", "scales", "some", "m", "c", ("a", "b"), details={"bytes": {"a": 1}}),
+                   Finding("info", "config", "plain", "m", "c", ("x",))]

@@ -115,3 +115,25 @@ def test_decoder_layer_agrees_with_layer_index() -> None:
     for path in ("model.layers.34.mlp.down_proj", "transformer.h.3.attn.c_attn", "model.layers.x.q_proj"):
         found = decoder_layer(path)
         assert (found[1] if found else None) == layer_index(path.split("."))
+
+
+def test_linear_modules_and_views_are_computed_once_per_open(make_synthetic):
+    """inspect and audit on one open share linear_modules / module_views: the same answers as a fresh
+    open, as fresh lists; forget_derived recomputes after an in-place edit."""
+    from mxmix.checkpoint.inspect import module_views
+
+    path = make_synthetic(layers=2, moe="experts", experts=3)
+    ckpt = Checkpoint.open(path)
+    first, again = linear_modules(ckpt), linear_modules(ckpt)
+    assert first == again == linear_modules(Checkpoint.open(path))
+    assert first is not again and all(a is b for a, b in zip(first, again))
+    views = module_views(ckpt)
+    assert views == module_views(ckpt, first) == module_views(Checkpoint.open(path))
+    assert module_views(ckpt, first[::-1]) == views[::-1]          # other module lists are not cached
+    assert module_views(ckpt, first[:1]) == views[:1]
+    first.clear()                                                   # callers own the list they get
+    assert linear_modules(ckpt) == again
+    victim = again[0].weight
+    del ckpt.tensors[victim]
+    ckpt.forget_derived()
+    assert victim not in {m.weight for m in linear_modules(ckpt)}

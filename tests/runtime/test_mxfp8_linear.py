@@ -96,8 +96,16 @@ def test_rejects_bad_tensors_and_inputs() -> None:
         MXFP8Linear.from_quantized(q, s[:, :1])
     bad = s.clone()
     bad[3, 1] = 255
-    with pytest.raises(MxmixError, match="NaN"):
+    with pytest.raises(MxmixError, match="scale byte 0xFF"):
         MXFP8Linear.from_quantized(q, bad)
+    for nan_byte in (0x7F, 0xFF):  # both E4M3 NaN encodings, anywhere in the weight
+        poisoned = q.view(torch.uint8).clone()
+        poisoned[5, 17] = nan_byte
+        with pytest.raises(MxmixError, match="E4M3 NaN element"):
+            MXFP8Linear.from_quantized(poisoned.view(torch.float8_e4m3fn), s)
+    near = q.view(torch.uint8).clone()
+    near[5, 17] = 0x7E  # 448, the largest finite E4M3: accepted
+    MXFP8Linear.from_quantized(near.view(torch.float8_e4m3fn), s)
     mod = MXFP8Linear.from_quantized(q, s)
     with pytest.raises(MxmixError, match="last dimension 64"):
         mod(torch.randn(2, 32))

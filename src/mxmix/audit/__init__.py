@@ -97,12 +97,14 @@ def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool,
     from mxmix.checkpoint.layout import Checkpoint
     from mxmix.rules import ENGINES, get_engine
     from mxmix.rules.plan import plan_checkpoint
+    from mxmix.rules.primitives import Backend
 
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else Checkpoint.open(path_or_ckpt)
     judged = list(dict.fromkeys(engines)) if engines else [e for e in ENGINES if e != "canonical"]
     for e in judged:
         get_engine(e)
-    plan = plan_checkpoint(ckpt, ["canonical", *[e for e in judged if e != "canonical"]])
+    backend = Backend.shared()   # rule indexes built for the plan are reused by lint
+    plan = plan_checkpoint(ckpt, ["canonical", *[e for e in judged if e != "canonical"]], backend=backend)
     mods = [r.module for r in plan.rows]
     views = module_views(ckpt, mods)
     dialect = checkpoint_dialect(ckpt)
@@ -113,7 +115,7 @@ def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool,
     findings += engine_findings
     findings += check_structure(views)
     if lint_rules and declared:
-        findings += _lint_findings(ckpt, list(dict.fromkeys(v.path for v in views)), judged, plan)
+        findings += _lint_findings(ckpt, judged, plan, backend)
     scales_checked = None
     if check_scales:
         from mxmix.audit.scales import check_scales as run_scale_checks
@@ -134,7 +136,7 @@ def _scale_reader(ckpt: Any, name: str) -> Callable[[], Any]:
     return read
 
 
-def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], plan: Any) -> list[Finding]:
+def _lint_findings(ckpt: Any, engines: list[str], plan: Any, backend: Any) -> list[Finding]:
     """Check 3: lint each distinct skip list the config holds (`mxmix rules lint`)."""
     from mxmix.checkpoint.inspect import skip_key_values
     from mxmix.rules.lint import lint  # not mxmix.rules.lint the attribute: the submodule shadows it
@@ -144,14 +146,21 @@ def _lint_findings(ckpt: Any, modules: list[str], engines: list[str], plan: Any)
         if isinstance(value, list) and all(isinstance(r, str) for r in value):
             lists.setdefault(tuple(value), []).append(key)
     grouped: dict[tuple[str, str], dict[str, Any]] = {}
-    row_paths = [r.module.path for r in plan.rows]
+    # the modules lint judges: each plan row's path once (stacked experts share one), in row order
+    first: dict[str, int] = {}
+    for i, r in enumerate(plan.rows):
+        first.setdefault(r.module.path, i)
+    first_rows = list(first.values())
+    modules = [plan.rows[i].module.path for i in first_rows]
+    aligned = len(first_rows) == len(plan.rows)
     for rules, keys in lists.items():
         if not rules:
             continue
         # engines whose own skip list is this very list: their decisions are already in the plan
-        decided = {e: dict(zip(row_paths, plan.column(e))) for e in engines
-                   if tuple(plan.skip_lists.get(e, ())) == rules}
-        found = lint(list(rules), modules=modules, engines=engines, decided=decided)
+        decided = {e: (plan.column(e) if aligned else [plan.column(e)[i] for i in first_rows])
+                   for e in engines if tuple(plan.skip_lists.get(e, ())) == rules}
+        found = lint(list(rules), modules=modules, engines=engines, decided_columns=decided,
+                     runtime=plan.runtime or None, backend=backend)
         for lf in found:
             g = grouped.setdefault((lf.code, lf.severity), {"rules": [], "messages": [], "keys": []})
             if lf.rule is not None and lf.rule not in g["rules"]:

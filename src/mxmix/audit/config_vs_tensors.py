@@ -9,21 +9,14 @@ name, K not a multiple of 32) are checked here too: they break every reader.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from mxmix.audit.findings import Finding
+from mxmix.audit.findings import Finding, add_finding
 from mxmix.checkpoint.dialects import DIALECTS, SCALE_SUFFIXES
 from mxmix.checkpoint.inspect import BLOCK, FP8, MXFP8, SCALE_DTYPES, ModuleView, expected_scale_shape
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.rules.decision import ERROR, KEEP, Decision
 
 QUANTIZED = (MXFP8, FP8)
-
-
-def _add(out: list[Finding], severity: str, code: str, message: str, consequence: str,
-         modules: Sequence[str], **details: Any) -> None:
-    if modules:
-        out.append(Finding(severity, "config", code, message, consequence, tuple(modules), details=details))
 
 
 def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canonical: dict[str, Decision] | None,
@@ -81,51 +74,51 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
             scale_on_bf16.append(v.path)
 
     where = "the config's skip list (canonical reading)"
-    _add(out, "error", "config-keeps-but-stored-fp8",
+    add_finding(out, "error", "config", "config-keeps-but-stored-fp8",
          f"{where} keeps these modules in high precision, but they are stored FP8",
          "A loader that honours the list builds BF16 Linears and reads FP8 bytes as BF16 weights "
          "without their scales: wrong outputs or a dtype error at load time.", keeps_fp8)
-    _add(out, "error", "stored-bf16-not-kept-by-config",
+    add_finding(out, "error", "config", "stored-bf16-not-kept-by-config",
          f"these modules are stored in high precision, but no rule in {where} keeps them",
          "A loader that follows the config builds MXFP8 Linears here and finds BF16 weights without "
          "scale tensors: it fails on the missing scales, or quantizes the layers you meant to keep.",
          quantizes_bf16)
-    _add(out, "error", "config-rule-raises",
+    add_finding(out, "error", "config", "config-rule-raises",
          f"{where} cannot decide these modules: {next(iter(reasons), '')}",
          "The list itself is contradictory for them (e.g. some but not all fused shards listed); "
          "serving engines raise on such lists.", raises, reasons=list(reasons))
-    _add(out, "error", "fp8-without-quantization-config",
+    add_finding(out, "error", "config", "fp8-without-quantization-config",
          "FP8 weights are stored, but " + ("config.json declares no quantization_config" if ckpt.config is not None
                                            else "there is no config.json to declare a quantization_config"),
          "Every loader treats the checkpoint as unquantized and reads FP8 bytes as plain weights "
          "(wrong outputs or a dtype error).", undeclared_fp8)
-    _add(out, "error", "missing-scale",
+    add_finding(out, "error", "config", "missing-scale",
          "FP8 weights without a scale tensor (weight_scale_inv / weight_scale)",
          "No reader can dequantize them: loading fails on a missing key, or the weights are used "
          "unscaled (off by a power of two per block).", missing_scale)
-    _add(out, "error", "scale-wrong-dtype",
+    add_finding(out, "error", "config", "scale-wrong-dtype",
          "scale tensors that are not E8M0 bytes (U8 / F8_E8M0)",
          "MXFP8 readers reinterpret them as one byte per 32-block and decode garbage, or refuse to load.",
          bad_scale_dtype)
-    _add(out, "error", "scale-wrong-shape",
+    add_finding(out, "error", "config", "scale-wrong-shape",
          "scale tensors whose shape is not [..., N, ceil(K/32)] (row-major, one byte per 32 weights)",
          "Readers reject the shape at load time, or (if the byte count happens to match) apply each "
          "scale to the wrong block.", bad_scale_shape,
          shapes={p: _shapes(ckpt, views, p) for p in bad_scale_shape[:50]})
-    _add(out, "error", "k-not-multiple-of-32",
+    add_finding(out, "error", "config", "k-not-multiple-of-32",
          "MXFP8 weights whose input dimension K is not a multiple of 32",
          "vLLM, SGLang and ModelOpt require K % 32 == 0 for MXFP8 and refuse these layers; keep them BF16.",
          k_not_32)
-    _add(out, "error", "fp8-not-mxfp8",
+    add_finding(out, "error", "config", "fp8-not-mxfp8",
          "FP8 weights that are not MXFP8 (not E4M3, or without E8M0 block scales) in an MXFP8 checkpoint",
          "MXFP8 readers decode them with the wrong scale format: wrong weights or a load error.",
          non_mx if dialect in DIALECTS else [])
     if expected_suffix:
-        _add(out, "error", "scale-name-not-dialect",
+        add_finding(out, "error", "config", "scale-name-not-dialect",
              f"scale tensors are not named '<module>.{expected_suffix}' as the {dialect} dialect requires",
              f"A {dialect}-dialect reader looks for '{expected_suffix}', does not find the scales, and "
              "fails to load (or loads the weights unscaled).", wrong_name)
-    _add(out, "warning", "scale-beside-bf16-weight",
+    add_finding(out, "warning", "config", "scale-beside-bf16-weight",
          "scale tensors next to high-precision weights",
          "Readers that keep these modules BF16 report unexpected keys (or ignore them); the file "
          "probably mixes two conversions.", scale_on_bf16)

@@ -49,6 +49,14 @@ class Finding:
         }
 
 
+def add_finding(out: list[Finding], severity: str, check: str, code: str, message: str, consequence: str,
+                modules: Sequence[str], **details: Any) -> None:
+    """Append a Finding for ``modules`` to ``out``, only if there are any (checks collect the modules
+    of each problem first, then report the non-empty groups)."""
+    if modules:
+        out.append(Finding(severity, check, code, message, consequence, tuple(modules), details=details))
+
+
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Errors first, then by family, engine and code, so output is stable."""
     order = {"config": 0, "engine": 1, "structure": 2, "scales": 3, "rules": 4}

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mxmix.audit.findings import Finding
+from mxmix.audit.findings import Finding, add_finding
 
 NAN_BYTE = 255
 BIAS = 127
@@ -157,29 +157,26 @@ def scale_findings(stats: Sequence[ScaleStats], run_dtype: str = "bfloat16") -> 
     lo, hi = PLAUSIBLE_BYTES.get(run_dtype, PLAUSIBLE_BYTES["bfloat16"])
     out: list[Finding] = []
     nan = [s for s in stats if s.nan]
-    if nan:
-        out.append(Finding(
-            "error", "scales", "scale-nan",
-            f"{sum(s.nan for s in nan)} scale byte(s) are 0xFF (E8M0 NaN)",
-            "Those blocks decode to NaN (or +inf in vLLM and SGLang), which propagates through every "
-            "activation that touches them.",
-            tuple(s.module for s in nan), details={"bytes": {s.module: s.nan for s in nan}}))
+    add_finding(
+        out, "error", "scales", "scale-nan",
+        f"{sum(s.nan for s in nan)} scale byte(s) are 0xFF (E8M0 NaN)",
+        "Those blocks decode to NaN (or +inf in vLLM and SGLang), which propagates through every "
+        "activation that touches them.",
+        [s.module for s in nan], bytes={s.module: s.nan for s in nan})
     above = [s for s in stats if s.above]
-    if above:
-        out.append(Finding(
-            "error", "scales", "scale-out-of-range",
-            f"{sum(s.above for s in above)} scale byte(s) above {hi}: elements would overflow {run_dtype}",
-            f"Blocks scaled by 2^(b-127) with b > {hi} decode to inf in {run_dtype}; no correct quantizer "
-            f"of {run_dtype} weights writes them, so the scales are probably not E8M0 bytes.",
-            tuple(s.module for s in above), details={"bytes": {s.module: s.above for s in above}}))
+    add_finding(
+        out, "error", "scales", "scale-out-of-range",
+        f"{sum(s.above for s in above)} scale byte(s) above {hi}: elements would overflow {run_dtype}",
+        f"Blocks scaled by 2^(b-127) with b > {hi} decode to inf in {run_dtype}; no correct quantizer "
+        f"of {run_dtype} weights writes them, so the scales are probably not E8M0 bytes.",
+        [s.module for s in above], bytes={s.module: s.above for s in above})
     below = [s for s in stats if s.below]
-    if below:
-        out.append(Finding(
-            "warning", "scales", "scale-implausibly-small",
-            f"{sum(s.below for s in below)} scale byte(s) in 1..{lo - 1}: blocks below {run_dtype}'s exact range",
-            f"Those blocks lose precision when decoded to {run_dtype} (and SGLang's exactness guard "
-            "rejects them); real weights are almost never that small, so check the scale encoding.",
-            tuple(s.module for s in below), details={"bytes": {s.module: s.below for s in below}}))
+    add_finding(
+        out, "warning", "scales", "scale-implausibly-small",
+        f"{sum(s.below for s in below)} scale byte(s) in 1..{lo - 1}: blocks below {run_dtype}'s exact range",
+        f"Those blocks lose precision when decoded to {run_dtype} (and SGLang's exactness guard "
+        "rejects them); real weights are almost never that small, so check the scale encoding.",
+        [s.module for s in below], bytes={s.module: s.below for s in below})
     swz = [s for s in stats if s.swizzle.swizzled]
     tested = [s for s in stats if s.swizzle.tested]
     pooled_stored = sum(s.swizzle.stored_residual for s in tested)
@@ -195,21 +192,19 @@ def scale_findings(stats: Sequence[ScaleStats], run_dtype: str = "bfloat16") -> 
             "would decode to noise.",
             tuple(s.module for s in tested),
             details={"pooled_ratio": round(pooled_stored / pooled_unswizzled, 4)}))
-    if swz:
-        out.append(Finding(
-            "error", "scales", "scales-swizzled",
-            "scale bytes look 128x4-swizzled (Blackwell layout) instead of row-major",
-            "Every reader expects row-major [N, K/32] scales and swizzles at load time, so these weights "
-            "would decode to noise.",
-            tuple(s.module for s in swz),
-            details={"residual": {s.module: [round(s.swizzle.stored_residual, 3),
-                                              round(s.swizzle.unswizzled_residual, 3)] for s in swz}}))
+    add_finding(
+        out, "error", "scales", "scales-swizzled",
+        "scale bytes look 128x4-swizzled (Blackwell layout) instead of row-major",
+        "Every reader expects row-major [N, K/32] scales and swizzles at load time, so these weights "
+        "would decode to noise.",
+        [s.module for s in swz],
+        residual={s.module: [round(s.swizzle.stored_residual, 3), round(s.swizzle.unswizzled_residual, 3)]
+                  for s in swz})
     zero_heavy = [s for s in stats if s.total and s.zero * 2 > s.total]
-    if zero_heavy:
-        out.append(Finding(
-            "warning", "scales", "scales-mostly-zero",
-            "more than half of the scale bytes are 0 (all-zero blocks)",
-            "The weights are mostly zeros, or the scale tensor was never filled in; the module "
-            "contributes (almost) nothing.",
-            tuple(s.module for s in zero_heavy)))
+    add_finding(
+        out, "warning", "scales", "scales-mostly-zero",
+        "more than half of the scale bytes are 0 (all-zero blocks)",
+        "The weights are mostly zeros, or the scale tensor was never filled in; the module "
+        "contributes (almost) nothing.",
+        [s.module for s in zero_heavy])
     return out

@@ -7,6 +7,7 @@ so both always agree on what "stored MXFP8" means.
 from __future__ import annotations
 
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,11 +107,19 @@ def module_views(ckpt: Checkpoint, mods: Sequence[Any] | None = None) -> list[Mo
     Companions are the scale tensor plus, for a ``<m>.weight`` module, every other ``<m>.<x>`` tensor
     (``input_scale``, ``bias``, ``weight_scale_2``...). Stacked experts share one module path, so a
     view is identified by its weight tensor.
-    """
-    if mods is None:
-        from mxmix.checkpoint.modules import linear_modules
 
-        mods = linear_modules(ckpt)
+    For the checkpoint's own ``linear_modules`` (``mods`` None, or those very objects in that order) the
+    views are computed once per opened checkpoint and shared (a fresh list each call).
+    """
+    from mxmix.checkpoint.modules import linear_modules
+
+    own = linear_modules(ckpt)
+    if mods is None or (len(mods) == len(own) and all(map(operator.is_, mods, own))):
+        return list(ckpt.derived("module_views", lambda: _module_views(ckpt, own)))
+    return _module_views(ckpt, mods)
+
+
+def _module_views(ckpt: Checkpoint, mods: Sequence[Any]) -> list[ModuleView]:
     tensors = ckpt.tensors
     # any other "<m>.<x>" tensor (input_scale, bias, ...): scan only what is neither weight nor scale
     weights = [m.weight for m in mods]

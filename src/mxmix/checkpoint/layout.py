@@ -101,6 +101,22 @@ class Checkpoint:
         self.headers = headers
         self.tensors = tensors
         self.index = index
+        # derived views (Linear modules, module views) computed once per opened checkpoint: inspect and
+        # audit on one open share them. A Checkpoint is read-only once opened; callers that edit
+        # ``tensors`` or ``config`` must call ``forget_derived()``.
+        self._derived: dict[str, Any] = {}
+
+    def derived(self, key: str, build: Any) -> Any:
+        """``build()`` computed once per checkpoint under ``key`` (see ``forget_derived``)."""
+        try:
+            return self._derived[key]
+        except KeyError:
+            value = self._derived[key] = build()
+            return value
+
+    def forget_derived(self) -> None:
+        """Drop the cached derived views (after editing ``tensors`` or ``config`` in place)."""
+        self._derived.clear()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, require_config: bool = False) -> Checkpoint:

@@ -146,7 +146,14 @@ def _parent_facts(parent: str) -> tuple[int | None, int | None, str | None]:
 
 
 def linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
-    """Every Linear module of ``ckpt``, naturally sorted by weight name; headers only."""
+    """Every Linear module of ``ckpt``, naturally sorted by weight name; headers only.
+
+    Computed once per opened checkpoint (``Checkpoint.derived``): inspect, plan and audit on one open
+    share it. The list is a fresh copy; the (frozen) modules are shared."""
+    return list(ckpt.derived("linear_modules", lambda: _build_linear_modules(ckpt)))
+
+
+def _build_linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
     with _gc_paused():  # ~10^5 small acyclic objects: cyclic GC passes over them only cost time
         return _linear_modules(ckpt)
 

@@ -16,7 +16,7 @@ from mxmix.rules.engines import ENGINES, EngineInfo, engines_for_dialect, engine
 # Imported eagerly so that mxmix.rules.lint is the function, not the submodule of the same name
 # (a submodule import binds the package attribute only when the submodule is first loaded).
 from mxmix.rules.lint import LintFinding, lint
-from mxmix.rules.primitives import INDEXED, REFERENCE
+from mxmix.rules.primitives import INDEXED, REFERENCE, Backend
 from mxmix.rules.reading import BoundReading
 
 CompiledRules = BoundReading
@@ -40,11 +40,14 @@ def decide(path: str, rules: Sequence[str], engine: str = "canonical", fused: Fu
     return BoundReading(engine, rule_tuple, reading).decide(path)
 
 
-def compile_rules(rules: Sequence[str], engine: str = "canonical", fused: Fused | None = None) -> CompiledRules:
-    """The bulk form: rules indexed once, ``.decide(path)`` without looping over every rule."""
+def compile_rules(rules: Sequence[str], engine: str = "canonical", fused: Fused | None = None, *,
+                  backend: Backend | None = None) -> CompiledRules:
+    """The bulk form: rules indexed once, ``.decide(path)`` without looping over every rule.
+
+    ``backend``: an indexed ``Backend.shared()`` to reuse indexes across readings of one job."""
     info = get_engine(engine)
     rule_tuple = _check_rules(rules)
-    return BoundReading(engine, rule_tuple, info.build(rule_tuple, normalise_fused(fused), INDEXED))
+    return BoundReading(engine, rule_tuple, info.build(rule_tuple, normalise_fused(fused), backend or INDEXED))
 
 
 def reference_rules(rules: Sequence[str], engine: str = "canonical", fused: Fused | None = None) -> CompiledRules:

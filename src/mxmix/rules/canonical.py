@@ -108,14 +108,16 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
                 child_entries.append((i, parts[:cut]))
     children = backend.exact(child_entries)
     has_patterns = any(f.kind in ("regex", "glob") for f in forms)
+    no_patterns = patterns.matches_nothing
 
     def direct(path: str, parts: Sequence[str] | None = None) -> tuple[int | None, str]:
         if parts is None:
             parts = path.split(".")
         best = plain.first(parts)
-        h = patterns.first(path, parts)
-        if h is not None and (best is None or h < best):
-            best = h
+        if not no_patterns:
+            h = patterns.first(path, parts)
+            if h is not None and (best is None or h < best):
+                best = h
         if best is None:
             return None, ""
         kind = forms[best].kind

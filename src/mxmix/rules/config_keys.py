@@ -118,18 +118,16 @@ def _transformers_4(qc: Mapping[str, Any]) -> list[str]:
 
 def _canonical(qc: Mapping[str, Any], hf: Mapping[str, Any] | None) -> list[str]:
     """What the writer meant: every skip key of the checkpoint's dialect, merged in order."""
-    out: list[str] = []
     nested = _nested_exclude(hf)
     candidates = [nested] if nested is not _ABSENT else []
     for key in ("ignored_layers", "modules_to_not_convert", "ignore", "exclude_modules", "exclude"):
         candidates.append(_get(qc, key))
+    # first occurrence of each rule, in key order (a dict keeps insertion order: linear, not quadratic)
+    merged: dict[str, None] = {}
     for value in candidates:
-        if value is _ABSENT:
-            continue
-        for rule in value:
-            if rule not in out:
-                out.append(rule)
-    return out
+        if value is not _ABSENT:
+            merged.update(dict.fromkeys(value))
+    return list(merged)
 
 
 def skip_list_for(quantization_config: Mapping[str, Any] | None, engine: str,

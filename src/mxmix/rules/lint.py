@@ -100,14 +100,14 @@ def _form_findings(rule: str, engines: Sequence[str]) -> list[LintFinding]:
 
 
 def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
-               runtime: dict[str, str]) -> list[Decision] | None:
+               runtime: Mapping[str, str], backend: Any = None) -> list[Decision] | None:
     """The Decision per module, aligned with ``modules``, for the whole list under ``engine``
     (None: list unusable). Each distinct asked path is decided once."""
     from mxmix.errors import MxmixError
     from mxmix.rules import compile_rules
 
     try:
-        compiled = compile_rules(list(rules), engine)
+        compiled = compile_rules(list(rules), engine, backend=backend)
     except MxmixError:
         return None
     asked = [runtime[m] for m in modules] if get_engine(engine).runtime_names else list(modules)
@@ -116,7 +116,8 @@ def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
     return list(map(answers.__getitem__, asked))
 
 
-def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: dict[str, str]) -> list[str]:
+def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[str, str],
+                backend: Any = None) -> list[str]:
     """Rules that, alone, keep (or make an error of) no module in the canonical reading.
 
     Plain rules — the bulk of a long skip list — are answered together: one walk of a trie of their
@@ -175,7 +176,7 @@ def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: dict[str,
                 alive.add(key)
     dead = {rule for key, listed in plain.items() if key not in alive for rule in listed}
     for rule in patterned:
-        alone = _decisions([rule], "canonical", modules, runtime)
+        alone = _decisions([rule], "canonical", modules, runtime, backend)
         if alone is not None and not any(d.decision in (KEEP, ERROR) for d in alone):
             dead.add(rule)
     return [rule for rule in rules if rule in dead]
@@ -187,12 +188,17 @@ def _word(decision: str) -> str:
 
 def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
          engines: Sequence[str] | None = None, *,
-         decided: Mapping[str, Mapping[str, Any]] | None = None) -> list[LintFinding]:
+         decided: Mapping[str, Mapping[str, Any]] | None = None,
+         decided_columns: Mapping[str, Sequence[Decision]] | None = None,
+         runtime: Mapping[str, str] | None = None, backend: Any = None) -> list[LintFinding]:
     """Findings for ``rules``; with ``modules`` (a checkpoint's Linear module paths) also dead rules and
     rules whose effect differs between ``engines`` (default: every reading, against canonical) there.
 
     ``decided`` (optional): engine -> module path -> Decision already computed for *these* rules
     (e.g. by ``plan_checkpoint`` when an engine reads this very list); those engines are not re-run.
+    ``decided_columns``: the same as lists aligned with ``modules`` (first occurrences, in order).
+    ``runtime``: ``runtime_path_map`` of (a superset of) ``modules``, when the caller has it;
+    ``backend``: a ``Backend.shared()`` to reuse the caller's rule indexes.
     Near-linear in rules + modules.
     """
     from mxmix.rules.plan import runtime_path_map
@@ -211,18 +217,22 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
     if modules is None:
         return findings
     modules = list(dict.fromkeys(modules))
-    runtime = runtime_path_map(modules)
-    for rule in _dead_rules(list(dict.fromkeys(rules)), modules, runtime):
+    if runtime is None:
+        runtime = runtime_path_map(modules)
+    for rule in _dead_rules(list(dict.fromkeys(rules)), modules, runtime, backend):
         findings.append(LintFinding(WARNING, "dead-rule", rule,
                                     "matches no Linear module of the checkpoint (canonical reading)"))
     base = chosen[0] if chosen else "canonical"
     others = chosen[1:] if chosen else [e for e in ENGINES if e != "canonical"]
 
     def outcomes(engine: str) -> list[Decision] | None:
+        column = (decided_columns or {}).get(engine)
+        if column is not None:
+            return list(column)
         known = (decided or {}).get(engine)
         if known is not None:
             return list(map(known.__getitem__, modules))
-        return _decisions(rules, engine, modules, runtime)
+        return _decisions(rules, engine, modules, runtime, backend)
 
     if not others:
         return findings

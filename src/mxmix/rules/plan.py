@@ -21,6 +21,7 @@ from mxmix.errors import MxmixError
 from mxmix.rules.config_keys import skip_list_for
 from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, Decision
 from mxmix.rules.engines import engines_for_dialect, get_engine
+from mxmix.rules.primitives import Backend
 
 SHARD_TO_FUSED = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
 
@@ -66,6 +67,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # engine -> its Decision per row, aligned with ``rows`` (the same objects as in rows' dicts)
     columns: dict[str, list[Decision]] = field(default_factory=dict, repr=False, compare=False)
+    # checkpoint module path -> the module a serving engine asks about (``runtime_path_map``)
+    runtime: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def column(self, engine: str) -> list[Decision]:
         """``engine``'s decision for every row, in row order."""
@@ -117,15 +120,19 @@ def default_engines(quantization_config: dict[str, Any] | None) -> list[str]:
     return engines_for_dialect(dialect)
 
 
-def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None) -> Plan:
-    """Each Linear of ``ckpt``: stored precision and every engine's decision from the checkpoint's config."""
+def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None, *,
+                    backend: Backend | None = None) -> Plan:
+    """Each Linear of ``ckpt``: stored precision and every engine's decision from the checkpoint's config.
+
+    ``backend``: a ``Backend.shared()`` whose indexes the caller reuses afterwards (audit's lint);
+    by default a fresh one, so readings over the same lists share their indexes within this plan."""
     from mxmix.checkpoint.safetensors_header import _gc_paused
 
     with _gc_paused():  # 10^5-10^6 small acyclic objects (decisions, rows): GC passes only cost time
-        return _plan_checkpoint(ckpt, engines)
+        return _plan_checkpoint(ckpt, engines, backend or Backend.shared())
 
 
-def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None) -> Plan:
+def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None, backend: Backend) -> Plan:
     from mxmix.rules import compile_rules
 
     if not isinstance(ckpt, Checkpoint):
@@ -137,12 +144,14 @@ def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None) -> P
         get_engine(name)
     hf_quant = ckpt.read_json("hf_quant_config.json")
     modules = linear_modules(ckpt)
-    runtime = runtime_paths(modules)
+    paths = [m.path for m in modules]
+    runtime = ckpt.derived("runtime_path_map", lambda: runtime_path_map(paths))
     notes: list[str] = []
     skip_lists: dict[str, list[str]] = {}
     columns: list[list[Decision]] = []   # per engine, aligned with ``modules``
-    paths = [m.path for m in modules]
     runtime_asked = [runtime[p] for p in paths]
+    distinct_paths = list(dict.fromkeys(paths))
+    distinct_runtime = list(dict.fromkeys(runtime_asked))
     declared = bool(qc.get("quant_method"))
     for name in names:
         info = get_engine(name)
@@ -154,25 +163,24 @@ def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None) -> P
         rules = skip_list_for(qc, name, hf_quant if isinstance(hf_quant, dict) else None)
         skip_lists[name] = rules
         try:
-            compiled = compile_rules(rules, name)
+            compiled = compile_rules(rules, name, backend=backend)
         except MxmixError as exc:  # e.g. an invalid re: rule in the canonical reading
             columns.append([Decision(p, name, ERROR, None, str(exc)) for p in paths])
             notes.append(f"{name}: {exc}")
             continue
         # each distinct asked path decided once (per-expert modules share their FusedMoE's answer)
-        asked = runtime_asked if info.runtime_names else paths
-        distinct = list(dict.fromkeys(asked))
+        asked, distinct = (runtime_asked, distinct_runtime) if info.runtime_names else (paths, distinct_paths)
         if len(distinct) == len(asked):
             columns.append(compiled.decide_many(asked))
         else:
             by_path = dict(zip(distinct, compiled.decide_many(distinct)))
-            columns.append([by_path[a] for a in asked])
+            columns.append(list(map(by_path.__getitem__, asked)))
     if not declared:
         notes.append("no quantization_config: every engine loads this checkpoint unquantized")
     rows = [PlanRow(m, dict(zip(names, ds))) for m, ds in zip(modules, zip(*columns))] if names else \
         [PlanRow(m, {}) for m in modules]
     return Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, rows, notes,
-                dict(zip(names, columns)))
+                dict(zip(names, columns)), runtime)
 
 
 def compact_groups(plan: Plan) -> list[tuple[str, list[PlanRow]]]:

@@ -251,27 +251,25 @@ class SubstringIndex:
         return best
 
 
-class EndsWithIndex:
-    """Subject-ends-with-rule. With few distinct rule lengths (the usual case: full module names),
-    one dict lookup of the subject's tail per length; otherwise one walk of a trie of reversed rules
-    from the subject's last character."""
+class _SuffixTable:
+    """Subject-ends-with-key for non-empty keys. With few distinct key lengths (the usual case: full
+    module names), one dict lookup of the subject's tail per length; otherwise one walk of a trie of
+    reversed keys from the subject's last character."""
 
     MAX_LENGTHS = 32
 
-    def __init__(self, entries: Iterable[Entry]) -> None:
-        entries = list(entries)
+    def __init__(self, entries: Sequence[Entry]) -> None:
         by_length: dict[int, dict[str, int]] = {}
         for index, key in entries:
             table = by_length.setdefault(len(key), {})
             if key not in table or index < table[key]:
                 table[key] = index
-        self.empty = by_length.pop(0, {}).get("")
         self.by_length = sorted(by_length.items()) if len(by_length) <= self.MAX_LENGTHS else None
         if self.by_length is None:
-            self.root, self.empty = _char_trie((i, k[::-1]) for i, k in entries)
+            self.root, _ = _char_trie((i, k[::-1]) for i, k in entries)
 
     def first(self, subject: str) -> int | None:
-        best = self.empty
+        best: int | None = None
         if self.by_length is not None:
             n = len(subject)
             for length, table in self.by_length:
@@ -291,6 +289,50 @@ class EndsWithIndex:
             if j < 0:
                 break
             node = children.get(subject[j])
+        return best
+
+
+class EndsWithIndex:
+    """Subject-ends-with-rule, split by the rule's last dotted component.
+
+    A rule holding a dot can only end a subject whose last component (text after its last dot) is
+    the rule's own last component: those rules are tabled under it, and a subject consults only its
+    own component's table. A rule without a dot ends the subject iff it ends the subject's last
+    component, so that part of the answer is memoised per last component (few distinct ones).
+    """
+
+    MEMO_LIMIT = 1 << 16
+
+    def __init__(self, entries: Iterable[Entry]) -> None:
+        entries = list(entries)
+        self.empty = _first_table(entries).get("")
+        dotless = [(i, k) for i, k in entries if k and "." not in k]
+        self.dotless = _SuffixTable(dotless) if dotless else None
+        groups: dict[str, list[Entry]] = {}
+        for index, key in entries:
+            if "." in key:
+                groups.setdefault(key[key.rfind(".") + 1:], []).append((index, key))
+        self.by_last = {last: _SuffixTable(group) for last, group in groups.items()}
+        self.tail_memo: dict[str, int | None] = {}
+
+    def first(self, subject: str) -> int | None:
+        tail = subject[subject.rfind(".") + 1:]
+        memo = self.tail_memo
+        best = memo.get(tail, _UNSEEN)
+        if best is _UNSEEN:
+            best = self.empty
+            if self.dotless is not None:
+                hit = self.dotless.first(tail)
+                if hit is not None and (best is None or hit < best):
+                    best = hit
+            if len(memo) >= self.MEMO_LIMIT:
+                memo.clear()
+            memo[tail] = best
+        table = self.by_last.get(tail)
+        if table is not None:
+            hit = table.first(subject)
+            if hit is not None and (best is None or hit < best):
+                best = hit
         return best
 
 
@@ -444,6 +486,8 @@ class RegexIndex:
         self.prefix_root, self.prefix_empty = _char_trie(prefix_of)
         self.has_prefix = bool(prefix_of)
         self.combined: dict[str, tuple[Callable[[str], Any], dict[int, int]] | None] = {}
+        # no valid pattern at all: ``first`` is None for every subject (readings skip the call)
+        self.matches_nothing = not (self.exact or self.ancestor or self.has_prefix or self.buckets or self.single)
 
     def _combined(self, key: str) -> tuple[Callable[[str], Any], dict[int, int]] | None:
         members = self.buckets[key]  # already in rule order
@@ -541,16 +585,23 @@ class DotWildcardIndex:
     """``re.match(rule + DOT_BOUNDARY, subject)`` for rules whose only metacharacter is ``.``.
 
     Such a rule of length L matches when the subject's first L characters equal it everywhere
-    except under its dots, and position L sits at a dot boundary. Rules are grouped by (L, the
-    spans between their dots); a subject masks its prefix the same way and looks it up, trying only
-    lengths that end at a boundary of the subject.
+    except under its dots, and position L sits at a dot boundary (L is the subject's length, or a
+    dot is just before or at position L).
+
+    The boundaries of ``p.t`` (``t`` without dots) are those of ``p``, plus ``len(p) + 1`` and the
+    end. So the answer for a subject is min(answer for ``p`` extended by ``p.`` — memoised per
+    parent, and siblings share parents — , rules of exactly the subject's length). Rules of one
+    length are grouped by the spans between their dots; a head can only match rules whose dots
+    include all of its own, and when the dots are the same the head is looked up as it is.
     """
 
     MEMO_LIMIT = 1 << 20
 
     def __init__(self, entries: Iterable[Entry]) -> None:
         self.entries = list(entries)
-        self.memo: dict[str, int | None] = {}
+        self.memo: dict[str, int | None] = {}        # head -> rules of exactly its length
+        self.parents: dict[str, int | None] = {}     # p -> answer for p and for the head "p."
+        self.candidates: dict[tuple[int, ...], list[tuple[Any, dict[str, int]]]] = {}
         self.groups: dict[int, dict[tuple[tuple[int, int], ...], dict[str, int]]] = {}
         for index, rule in self.entries:
             spans, pos = [], 0
@@ -560,7 +611,10 @@ class DotWildcardIndex:
             table = self.groups.setdefault(len(rule), {}).setdefault(tuple(spans), {})
             if rule not in table or index < table[rule]:
                 table[rule] = index
-        self.by_length = sorted(self.groups.items())
+        self.literal = _first_table(self.entries)
+        # per length, the most dots any rule of that length has
+        self.max_dots = {length: max(len(spans) - 1 for spans in by_spans)
+                         for length, by_spans in self.groups.items()}
 
     def first(self, subject: str) -> int | None:
         if "\n" in subject:  # '.' and '$' treat newlines specially: ask the regex engine
@@ -568,30 +622,86 @@ class DotWildcardIndex:
                 if re.match(rule + DOT_BOUNDARY, subject):
                     return index
             return None
-        n = len(subject)
-        best: int | None = None
-        memo = self.memo
-        for length, by_spans in self.by_length:
-            if length > n:
-                break
-            # the boundary: a dot before or after the rule's end, or the end of the subject
-            if length != n and subject[length] != "." and not (length and subject[length - 1] == "."):
-                continue
-            head = subject[:length]
-            # the answer for a length depends on the head alone, and sibling paths share their heads
-            found = memo.get(head, _UNSEEN)
-            if found is _UNSEEN:
-                found = None
-                for spans, table in by_spans.items():
-                    hit = table.get(".".join([head[a:b] for a, b in spans]))
-                    if hit is not None and (found is None or hit < found):
-                        found = hit
-                if len(memo) >= self.MEMO_LIMIT:
-                    memo.clear()
-                memo[head] = found
-            if found is not None and (best is None or found < best):
-                best = found
+        d = subject.rfind(".")
+        if d < 0:
+            # no dot: the only boundary is the end (and 0 for the empty subject)
+            return self._exact_length(subject)
+        best = self._parent(subject[:d])
+        hit = self._exact_length(subject)
+        if hit is not None and (best is None or hit < best):
+            best = hit
         return best
+
+    def _parent(self, p: str) -> int | None:
+        """min over the boundaries of ``p`` and ``len(p) + 1`` (the dot after it), memoised."""
+        parents = self.parents
+        found = parents.get(p, _UNSEEN)
+        if found is not _UNSEEN:
+            return found
+        # the chain of ancestors not yet known, deepest last; then fill it from the top
+        chain = [p]
+        d = p.rfind(".")
+        best: int | None = None
+        while d >= 0:
+            head = p[:d]
+            known = parents.get(head, _UNSEEN)
+            if known is not _UNSEEN:
+                best = known
+                break
+            chain.append(head)
+            d = head.rfind(".")
+        for head in reversed(chain):
+            for h in (head, head + "."):
+                hit = self._exact_length(h)
+                if hit is not None and (best is None or hit < best):
+                    best = hit
+            if len(parents) >= self.MEMO_LIMIT:
+                parents.clear()
+            parents[head] = best
+        return best
+
+    def _exact_length(self, head: str) -> int | None:
+        """The smallest rule of exactly ``len(head)`` characters that matches ``head``."""
+        most = self.max_dots.get(len(head))
+        if most is None:
+            return None
+        if most <= head.count("."):
+            # a rule must have a dot wherever the head has one; with no more dots than the head, only
+            # a rule with exactly its dots can match, and such a rule matches only if it equals it
+            return self.literal.get(head)
+        by_spans = self.groups[len(head)]
+        memo = self.memo
+        found = memo.get(head, _UNSEEN)
+        if found is not _UNSEEN:
+            return found
+        found = None
+        lengths = tuple(map(len, head.split(".")))
+        cands = self.candidates.get((len(head), *lengths))
+        if cands is None:
+            if len(self.candidates) >= self.MEMO_LIMIT:
+                self.candidates.clear()
+            cands = self.candidates[(len(head), *lengths)] = self._candidates(head, by_spans)
+        for spans, table in cands:
+            hit = table.get(head if spans is None else ".".join([head[a:b] for a, b in spans]))
+            if hit is not None and (found is None or hit < found):
+                found = hit
+        if len(memo) >= self.MEMO_LIMIT:
+            memo.clear()
+        memo[head] = found
+        return found
+
+    @staticmethod
+    def _candidates(head: str, by_spans: dict[tuple[tuple[int, int], ...], dict[str, int]]
+                    ) -> list[tuple[Any, dict[str, int]]]:
+        """Span groups that can match heads shaped like ``head``: a rule matches only if its dots
+        include every dot of the head (a head's '.' must face a rule '.'); ``None`` = same dots."""
+        own = frozenset(i for i, c in enumerate(head) if c == ".")
+        out: list[tuple[Any, dict[str, int]]] = []
+        for spans, table in by_spans.items():
+            dots = frozenset(b for _, b in spans[:-1])
+            if own <= dots:
+                out.append((None if dots == own else spans, table))
+        return out
 
 
 class LoopPatterns:
@@ -608,6 +718,7 @@ class LoopPatterns:
                     self.failure = RuleFailure(index, f"re.error: {exc}")
                 continue
             self.entries.append((index, pattern, mode))
+        self.matches_nothing = not self.entries
 
     def first(self, subject: str, parts: Sequence[str] | None = None) -> int | None:
         for index, pattern, mode in self.entries:
@@ -625,28 +736,59 @@ class LoopPatterns:
 
 
 class Backend:
-    """Builds primitives in one of the two forms (``indexed`` False = the reference loops)."""
+    """Builds primitives in one of the two forms (``indexed`` False = the reference loops).
 
-    def __init__(self, indexed: bool) -> None:
+    ``shared()`` gives an indexed backend that memoises on (primitive, entries), for one job that
+    runs many readings over the same lists (a plan, an audit): readings that share a test over the
+    same rules (substring for sglang-legacy, vllm-substring, vllm-modelopt and transformers-4; exact
+    names for most vLLM readings; ...) build its index once and share its per-subject memos.
+    Primitives are never modified after construction (only their lazy caches fill).
+    """
+
+    MEMO_SIZE = 32
+
+    def __init__(self, indexed: bool, *, memo: bool = False) -> None:
         self.indexed = indexed
+        self._memo: dict[tuple[Any, ...], Any] | None = {} if memo and indexed else None
+
+    @classmethod
+    def shared(cls) -> Backend:
+        """A fresh memoising indexed backend (scope it to one job: it keeps what it built alive)."""
+        return cls(True, memo=True)
+
+    def _build(self, kind: str, entries: Sequence[Any], index: Callable[[list[Any]], Any],
+               reference: Callable[[list[Any]], Any]) -> Any:
+        if not self.indexed:
+            return reference(list(entries))
+        memo = self._memo
+        if memo is None:
+            return index(list(entries))
+        key = (kind, tuple(entries))
+        found = memo.pop(key, None)
+        if found is None:
+            found = index(list(entries))
+            if len(memo) >= self.MEMO_SIZE:
+                del memo[next(iter(memo))]   # least recently used: hits are re-inserted at the end
+        memo[key] = found
+        return found
 
     def components(self, entries: Sequence[Entry]) -> Any:
-        return ComponentIndex(entries) if self.indexed else Loop(entries, component_run)
+        return self._build("components", entries, ComponentIndex, lambda e: Loop(e, component_run))
 
     def exact(self, entries: Sequence[Entry]) -> Any:
-        return ExactIndex(entries) if self.indexed else Loop(entries, exact)
+        return self._build("exact", entries, ExactIndex, lambda e: Loop(e, exact))
 
     def dotted_suffix(self, entries: Sequence[Entry]) -> Any:
-        return DottedSuffixIndex(entries) if self.indexed else Loop(entries, dotted_suffix)
+        return self._build("dotted_suffix", entries, DottedSuffixIndex, lambda e: Loop(e, dotted_suffix))
 
     def substring(self, entries: Sequence[Entry]) -> Any:
-        return SubstringIndex(entries) if self.indexed else Loop(entries, substring)
+        return self._build("substring", entries, SubstringIndex, lambda e: Loop(e, substring))
 
     def contained_in(self, entries: Sequence[Entry]) -> Any:
-        return ContainedInIndex(entries) if self.indexed else Loop(entries, contained_in)
+        return self._build("contained_in", entries, ContainedInIndex, lambda e: Loop(e, contained_in))
 
     def ends_with(self, entries: Sequence[Entry]) -> Any:
-        return EndsWithIndex(entries) if self.indexed else Loop(entries, ends_with)
+        return self._build("ends_with", entries, EndsWithIndex, lambda e: Loop(e, ends_with))
 
     def regex(self, entries: Sequence[Entry], *, full: bool = False) -> Any:
         """``re.match`` (``full``: ``re.fullmatch``) of each rule's pattern."""
@@ -662,13 +804,12 @@ class Backend:
 
     def dot_wildcard(self, entries: Sequence[Entry]) -> Any:
         """``re.match(rule + DOT_BOUNDARY, subject)`` for rules with no metacharacter but ``.``."""
-        if self.indexed:
-            return DotWildcardIndex(entries)
-        return LoopPatterns([(i, r + DOT_BOUNDARY, MATCH) for i, r in entries])
+        return self._build("dot_wildcard", entries, DotWildcardIndex,
+                           lambda e: LoopPatterns([(i, r + DOT_BOUNDARY, MATCH) for i, r in e]))
 
     def patterns(self, entries: Sequence[tuple[int, str, str]]) -> Any:
         """Mixed regex / glob entries ``(index, pattern, mode)`` answered together."""
-        return RegexIndex(entries) if self.indexed else LoopPatterns(entries)
+        return self._build("patterns", entries, RegexIndex, LoopPatterns)
 
 
 REFERENCE = Backend(indexed=False)

@@ -38,12 +38,14 @@ class LoadReport:
     tied_embeddings: bool = False
     weight_bytes: int = 0
     fused_groups: int = 0
+    pointwise: dict[str, Any] = field(default_factory=dict)  # `install_pointwise`'s report (CUDA only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "dialect": self.dialect, "architecture": self.architecture,
                 "mxfp8_modules": len(self.mxfp8_modules), "bf16_linear_modules": len(self.bf16_modules),
                 "tied_embeddings": self.tied_embeddings, "weight_bytes": self.weight_bytes,
-                "fused_groups": self.fused_groups}
+                "fused_groups": self.fused_groups, "pointwise_norms": self.pointwise.get("norms", 0),
+                "pointwise_rotary": bool(self.pointwise.get("rotary_modules"))}
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -185,12 +187,15 @@ def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> bool:
 
 
 def load(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.bfloat16, *, fuse_siblings: bool = True, progress: bool = False):
+         dtype: torch.dtype = torch.bfloat16, *, fuse_siblings: bool = True, pointwise: bool = True,
+         progress: bool = False):
     """Load ``checkpoint`` (a directory) as a transformers model on ``device``.
 
     MXFP8 Linear modules become `MXFP8Linear` (weights stay E4M3 + E8M0), kept modules and all other
     tensors load in ``dtype``. With ``fuse_siblings``, MXFP8 q/k/v and gate/up projections share one
-    kernel launch (`mxmix.runtime.fusion`). Raises `MxmixError` for unsupported or inconsistent
+    kernel launch (`mxmix.runtime.fusion`). With ``pointwise`` (CUDA only), RMSNorms and the rotary
+    embedding run as one kernel each where they provably compute the same (`mxmix.runtime.pointwise`).
+    Raises `MxmixError` for unsupported or inconsistent
     checkpoints.
     """
     from mxmix.runtime.mxfp8_linear import MXFP8Linear, check_quantized
@@ -261,6 +266,10 @@ def load(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu",
     model.to(dev)  # buffers (rotary tables etc.) were built on the CPU; weights are already on dev
     model.eval()
     model.requires_grad_(False)
+    if pointwise and dev.type == "cuda":
+        from mxmix.runtime.pointwise import install_pointwise
+
+        report.pointwise = install_pointwise(model, dev).to_dict()
     report.weight_bytes = sum(t.numel() * t.element_size() for t in _unique_tensors(model))
     model.mxmix_load_report = report
     return model

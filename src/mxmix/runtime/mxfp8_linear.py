@@ -16,6 +16,7 @@ from mxmix.errors import MxmixError
 
 BLOCK = 32
 E8M0_NAN = 255
+E4M3_NAN = 0x7F  # magnitude bits of the E4M3 NaN bytes 0x7F / 0xFF
 
 
 def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -149,7 +150,11 @@ def reference_forward(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
 
 def check_quantized(weight: torch.Tensor, scale: torch.Tensor, *, validate: bool = True,
                     name: str = "weight") -> None:
-    """Shapes and dtypes of an MXFP8 weight, and (``validate``) no NaN scale bytes (0xFF)."""
+    """Shapes and dtypes of an MXFP8 weight, and (``validate``) no NaN scale bytes or NaN elements.
+
+    The CUDA kernels decode E4M3 bytes with integer operations that do not produce NaN, so NaN
+    elements are refused here, where a checkpoint's tensors first meet the runtime.
+    """
     if weight.dtype != torch.float8_e4m3fn:
         raise MxmixError(f"{name}: MXFP8 weight must be float8_e4m3fn, got {weight.dtype}")
     if scale.dtype != torch.uint8:
@@ -166,6 +171,8 @@ def check_quantized(weight: torch.Tensor, scale: torch.Tensor, *, validate: bool
         raise MxmixError(f"{name}: weight on {weight.device} but scales on {scale.device}")
     if validate and bool((scale == E8M0_NAN).any()):
         raise MxmixError(f"{name}: scale byte 0xFF (NaN) found; the weights contain NaN/Inf blocks")
+    if validate and bool(((weight.view(torch.uint8) & 0x7F) == E4M3_NAN).any()):
+        raise MxmixError(f"{name}: E4M3 NaN element (byte 0x7F/0xFF) found; the weights contain NaN values")
 
 
 _KERNELS_OK: bool | None = None

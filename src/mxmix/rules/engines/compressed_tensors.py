@@ -17,10 +17,19 @@ def build_compressed_tensors(rules, fused, backend) -> PathReading:
     regex = backend.regex([(i, r[3:]) for i, r in enumerate(rules) if r.startswith("re:")])
     exact = backend.exact([(i, r) for i, r in enumerate(rules) if not r.startswith("re:")])
 
+    suffixes = tuple(fused)
+    # no usable re: rule (the usual list): the regex side answers None everywhere and raises nowhere
+    plain_only = regex.matches_nothing and regex.failure is None
+
     def hit_of(p: str) -> int | None:
         return first_hit(regex.first(p), exact.first(p))
 
     def reading(path: str) -> Verdict:
+        if not path.endswith(suffixes):
+            hit = exact.first(path) if plain_only else first_hit(hit_of(path), failures=[regex.failure])
+            if hit is not None:
+                return KEEP, hit, f"rule {rules[hit]!r} matches the name (regex start or exact)"
+            return QUANTIZE, None, "no rule matches"
         for suffix, shards in fused.items():
             if path.endswith(suffix):
                 stem = path[: len(path) - len(suffix)]

@@ -22,11 +22,18 @@ def build_transformers(rules, fused, backend) -> PathReading:
     # transformers groups the key, so the boundary applies to every alternative of a '|' rule
     regex = backend.regex([(i, f"(?:{r}){BOUNDARY}") for i, r in enumerate(rules) if not is_dot_wildcard_literal(r)])
     ends = backend.ends_with(list(enumerate(rules)))
+    # every rule a plain name (the usual list): the regex side answers None everywhere and raises nowhere
+    plain_only = regex.matches_nothing and regex.failure is None
 
     def reading(path: str) -> Verdict:
-        r_hit = first_hit(wild.first(path), regex.first(path))
-        e_hit = ends.first(path)
-        hit = first_hit(r_hit, e_hit, failures=[regex.failure])
+        if plain_only:
+            r_hit = wild.first(path)
+            e_hit = ends.first(path)
+            hit = e_hit if r_hit is None or (e_hit is not None and e_hit < r_hit) else r_hit
+        else:
+            r_hit = first_hit(wild.first(path), regex.first(path))
+            e_hit = ends.first(path)
+            hit = first_hit(r_hit, e_hit, failures=[regex.failure])
         if hit is None:
             return QUANTIZE, None, "no rule matches"
         if hit == r_hit:

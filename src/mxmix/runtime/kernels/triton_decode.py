@@ -61,6 +61,36 @@ def _e4m3_bits_to_f32(wb):
     return bits.to(tl.float32, bitcast=True) * _TWO_POW_120
 
 
+# 2^120 as a packed pair of bf16 (exponent 247) and a pair of -0.0 (the fma's exact "add nothing")
+_PRMT_ASM = tl.constexpr("""{
+.reg .b32 lo, hi, k, z;
+prmt.b32 lo, $2, 0, 0x9180;
+prmt.b32 hi, $2, 0, 0xB3A2;
+shl.b32 lo, lo, 4;
+shl.b32 hi, hi, 4;
+and.b32 lo, lo, 0x87F087F0;
+and.b32 hi, hi, 0x87F087F0;
+mov.b32 k, 0x7B807B80;
+mov.b32 z, 0x80008000;
+fma.rn.bf16x2 $0, lo, k, z;
+fma.rn.bf16x2 $1, hi, k, z;
+}""")
+
+
+@triton.jit
+def _e4m3_to_bf16_prmt(wb):
+    """E4M3 bytes (uint8) -> exact bf16, four at a time, with integer ops and one packed multiply per pair.
+
+    ``prmt`` spreads two bytes into the low bytes of two 16-bit lanes and fills each lane's high byte
+    with copies of the byte's sign bit; a shift by 4 and a mask leave the sign in bit 15 and the seven
+    exponent/mantissa bits in the low exponent and high mantissa bits of a bf16: that bf16 is
+    e4m3 * 2^-120 exactly (E4M3 subnormals become bf16 subnormals). A bf16x2 multiply by 2^120 is then
+    exact. No F2F conversion is issued (Hopper runs those at a quarter of the integer rate).
+    NaN bytes (0x7F, 0xFF) are not decoded as NaN: `check_quantized` refuses weights that hold them.
+    """
+    return tl.inline_asm_elementwise(_PRMT_ASM, "=r,=r,r", [wb], dtype=tl.bfloat16, is_pure=True, pack=4)
+
+
 @triton.jit
 def _finish(acc, out_ptr, ws_ptr, cnt_ptr, b_ptr, offs_m, offs_n, M, N, stride_om, pid_n, pid_k, split,
             HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
@@ -129,6 +159,8 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
             sb = tl.load(s_ptrs, mask=(k0 + offs_kb[None, :] * 32) < k_end, other=127)
         if CONVERT == 1:
             wf = _e4m3_bits_to_f32(w)
+        elif CONVERT == 4:
+            wf = _e4m3_to_bf16_prmt(w.to(tl.uint8, bitcast=True)).to(tl.float32)
         else:
             wf = w.to(tl.float32)
         scale = _e8m0_to_f32(sb)                                           # [BN, KB]
@@ -189,7 +221,9 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                 wb = (w.to(tl.float32) * _e8m0_to_f32(sb)[None, :]).to(tl.bfloat16)
                 acc = tl.dot(x, wb, acc)
             else:
-                if CONVERT == 2:
+                if CONVERT == 4:
+                    wb = _e4m3_to_bf16_prmt(w.to(tl.uint8, bitcast=True))
+                elif CONVERT == 2:
                     wb = w.to(tl.float32).to(tl.bfloat16)  # E4M3->F16x2, F16->F32, packed F32->BF16x2
                 else:
                     wb = w.to(tl.bfloat16)  # Triton 3.6 on sm_90: E4M3->F16x2 then scalar F2F.BF16.F16
@@ -225,8 +259,9 @@ class DecodeConfig:
 # int  - fma only: integer bit placement and an exact multiply, no conversion instructions (`_e4m3_bits_to_f32`)
 # f32  - mma only: E4M3->F32 then packed F32->BF16 (avoids the scalar F16->BF16 conversion)
 # fold - mma only: like f32, with the block scale multiplied into the weight before the dot
-CONVERTS = {"cvt": 0, "int": 1, "f32": 2, "fold": 3}
-_KIND_CONVERTS = {"fma": ("cvt", "int"), "mma": ("cvt", "f32", "fold")}
+# prmt - both: byte permute + shift/mask into bf16 and one exact packed multiply (`_e4m3_to_bf16_prmt`)
+CONVERTS = {"cvt": 0, "int": 1, "f32": 2, "fold": 3, "prmt": 4}
+_KIND_CONVERTS = {"fma": ("cvt", "int", "prmt"), "mma": ("cvt", "f32", "fold", "prmt")}
 
 
 def _sm_count(device: torch.device) -> int:

@@ -178,3 +178,49 @@ def mxfp8_prefill_cublas(x: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
     if bias is None:
         return torch.matmul(x, w.t(), out=out)
     return torch.addmm(bias, x, w.t(), out=out)
+
+
+def default_chunk_rows(n: int, k: int, device: torch.device, element_size: int = 2) -> int:
+    """Weight rows per chunk for `mxfp8_prefill_chunked`: a BF16 chunk of about a quarter of L2.
+
+    Kept to a multiple of 256 rows and at least 512, so each chunk's GEMM still has enough output
+    tiles to fill the GPU at prefill M.
+    """
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    l2 = _L2_BYTES.get(idx)
+    if l2 is None:
+        l2 = _L2_BYTES[idx] = int(getattr(torch.cuda.get_device_properties(idx), "L2_cache_size", 50 * 2**20))
+    rows = (l2 // 4) // (k * element_size)
+    return max(512, rows // 256 * 256)
+
+
+_L2_BYTES: dict[int, int] = {}
+CHUNK_ROWS: int | None = None  # benchmarks override the L2-based choice
+
+
+def mxfp8_prefill_chunked(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                          bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                          chunk_rows: int | None = None) -> torch.Tensor:
+    """Dequantize and multiply a chunk of weight rows at a time through one reused BF16 buffer.
+
+    Each chunk's BF16 rows are written into the same small buffer, which stays in L2: the GEMM reads
+    them from there and the next chunk overwrites them there, so device memory sees the E4M3 bytes once
+    and the BF16 copy (4 bytes per weight element of traffic in `mxfp8_prefill_cublas`) hardly at all.
+    The output columns of each chunk are written in place.
+    """
+    m, k = x.shape
+    n = weight.shape[0]
+    rows = chunk_rows or CHUNK_ROWS or default_chunk_rows(n, k, x.device, x.element_size())
+    if rows >= n:
+        return mxfp8_prefill_cublas(x, weight, scale, bias, out)
+    if out is None:
+        out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    buf = torch.empty((rows, k), device=x.device, dtype=x.dtype)
+    for n0 in range(0, n, rows):
+        n1 = min(n0 + rows, n)
+        w = dequantize_to(weight[n0:n1], scale[n0:n1], buf[: n1 - n0])
+        if bias is None:
+            torch.matmul(x, w.t(), out=out[:, n0:n1])
+        else:
+            torch.addmm(bias[n0:n1], x, w.t(), out=out[:, n0:n1])
+    return out

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One device call: correctness of new GPU code first, then the issue-5 benchmarks; logs under $OUT.
+#   bash scripts/gpu_session.sh [tests|e2e|convert|table|alltests]...   (default: tests e2e convert)
+# Carries .whl/ (transformers pinned like CI) when present; runs from the repository root.
+set -o pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=src:/tmp/site || exit 1
+fi
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+steps=${*:-tests e2e convert}
+for step in $steps; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    tests) python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_pointwise_gpu.py \
+             "tests/runtime/test_kernels_gpu.py" -k "prmt or pointwise or rotary or rmsnorm or gemma or install" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    alltests) python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/alltests.log" | tail -15 ;;
+    e2e) python3 benchmarks/bench_e2e.py --profile --variants "fma=prmt,mma=prmt,fma=prmt+mma=prmt" \
+           --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" | grep -v Warning ;;
+    convert) python3 benchmarks/bench_kernels.py --sweep-convert --llama --json "$OUT/convert.json" 2>&1 \
+               | tee "$OUT/convert.log" | grep -v "^      " ;;
+    table) python3 benchmarks/bench_kernels.py --json "$OUT/table.json" 2>&1 | tee "$OUT/table.log" ;;
+    chunked) python3 benchmarks/bench_kernels.py --sweep-chunked --ms 512,4096 --json "$OUT/chunked.json" 2>&1 \
+               | tee "$OUT/chunked.log" ;;
+    sweepmma) python3 benchmarks/bench_kernels.py --sweep-decode --shapes 4096x4096,8192x8192,28672x8192 --ms 2,4,16 \
+               --json "$OUT/sweepmma.json" 2>&1 | tee "$OUT/sweepmma.log" | grep -v "^      " ;;
+    chunktests) python3 -m pytest -q -p no:cacheprovider tests/runtime/test_kernels_gpu.py -k "chunked or prefill" 2>&1 \
+               | tee "$OUT/chunktests.log" | tail -5 ;;
+  esac
+done
+echo "=== done $(date +%T)"
