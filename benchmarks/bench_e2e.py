@@ -3,20 +3,27 @@
     PYTHONPATH=src python benchmarks/bench_e2e.py [--layers 32] [--new-tokens 128] [--json out.json]
 
 The model has Llama-3-8B shapes (hidden 4096, intermediate 14336, 32 layers, 32 heads / 8 KV heads,
-vocab 128256) and random weights; it is built directly on the GPU (no checkpoint is written). First the
-BF16 model is measured, then every nn.Linear (decoder projections and lm_head) is replaced in place by an
-`MXFP8Linear` quantized from its weight (RCEIL), the BF16 weights are freed, and the same measurements
-run again. Both go through the same decoders:
+vocab 128256) and random weights; it is built directly on the GPU (no checkpoint is written). Measured, in order:
+
+1. ``bf16``: the transformers model as built (the baseline of issue 5);
+2. ``bf16+pointwise``: the same with mxmix's one-kernel RMSNorm and rotary (`mxmix.runtime.pointwise`), for a
+   like-for-like comparison, then removed again;
+3. every nn.Linear (decoder projections and lm_head) replaced in place by an `MXFP8Linear` quantized from its
+   weight (RCEIL), BF16 weights freed: ``mxfp8-unfused``, then with q/k/v and gate/up fused (``mxfp8``), then
+   with the pointwise kernels (``mxfp8+pointwise``: what `mxmix.load` gives on CUDA).
+
+All go through the same decoders:
 
 * ``graph``: `mxmix.runtime.generate.greedy_generate` - static KV cache, one-token step in a CUDA graph;
-* ``hf-eager``: transformers ``model.generate(do_sample=False)`` with its default dynamic cache.
+* ``hf-eager``: transformers ``model.generate(do_sample=False)`` with its default dynamic cache (host-bound).
 
-Reported: decode tokens/s (steady state), the MXFP8/BF16 ratio per decoder, weights-resident GPU memory
-and peak GPU memory during generation. Target (issue 5): graph decode >= 1.5x BF16.
+Reported: decode tokens/s (steady state), the ratios, weights-resident GPU memory and peak GPU memory during
+generation. Target (issue 5): graph decode >= 1.5x BF16. ``--profile`` prints the GPU time by kernel of one
+eager step.
 
-``--variants fma=int,mma=fold`` re-measures the fused MXFP8 graph decode with other E4M3 conversions in
-the decode kernels' heuristic (`triton_decode.FMA_CONVERT` / `MMA_CONVERT`), then the shipped default
-once more (run-to-run spread).
+``--variants fma=prmt,mma=f32,fma=prmt+mma=cvt`` re-measures the final MXFP8 graph decode with other E4M3
+conversions in the decode kernels' heuristic (`triton_decode.FMA_CONVERT` / `MMA_CONVERT`), then the
+shipped default once more (run-to-run spread).
 """
 
 from __future__ import annotations

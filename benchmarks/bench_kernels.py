@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sass", action="store_true", help="SASS loop instruction counts for sm_90 (no GPU)")
     ap.add_argument("--timer", choices=("graph", "do_bench"), default="graph")
     ap.add_argument("--fma-max-m", type=int, help="heuristic: largest M served by the fma kernel (default 2, M = 2 only up to 8192x8192)")
-    ap.add_argument("--mma-convert", help="heuristic: E4M3 conversion of the mma kernel for every M (default f32 up to M = 8, cvt above)")
+    ap.add_argument("--mma-convert", help="heuristic: E4M3 conversion of the mma kernel for every M (default prmt)")
     ap.add_argument("--json", help="write all rows to this JSON file")
     args = ap.parse_args(argv)
     if args.sass:
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
     print(f"device: {device_name()}; timer {TIMER}; heuristic fma for M <= {td.FMA_MAX_M}, "
-          f"fma convert {td.FMA_CONVERT}, mma convert {td.MMA_CONVERT or f'f32 to M = {td.F32_MAX_M}, cvt above'}",
+          f"fma convert {td.FMA_CONVERT}, mma convert {td.MMA_CONVERT or 'prmt'}",
           flush=True)
     t0 = time.time()
     if args.sweep_decode:

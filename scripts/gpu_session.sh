@@ -18,7 +18,7 @@ for step in $steps; do
     tests) python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_pointwise_gpu.py \
              "tests/runtime/test_kernels_gpu.py" -k "prmt or pointwise or rotary or rmsnorm or gemma or install" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
     alltests) python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/alltests.log" | tail -15 ;;
-    e2e) python3 benchmarks/bench_e2e.py --profile --variants "fma=prmt,mma=prmt,fma=prmt+mma=prmt" \
+    e2e) python3 benchmarks/bench_e2e.py --profile --variants "mma=f32,mma=cvt" \
            --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" | grep -v Warning ;;
     convert) python3 benchmarks/bench_kernels.py --sweep-convert --llama --json "$OUT/convert.json" 2>&1 \
                | tee "$OUT/convert.log" | grep -v "^      " ;;

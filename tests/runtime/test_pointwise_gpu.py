@@ -156,3 +156,27 @@ def test_pointwise_under_graph_decode_matches_eager() -> None:
         remove_pointwise(model)
     assert graph.mode == "cuda-graph"
     assert graph.tokens == eager.tokens
+
+
+def test_mxmix_load_on_cuda_installs_pointwise_and_matches_cpu(make_synthetic, tmp_path) -> None:
+    import mxmix
+    from mxmix.checkpoint.convert import quantize_checkpoint
+    from mxmix.runtime.pointwise import remove_pointwise
+
+    src = make_synthetic("pw-src", layers=3, hidden=256, intermediate=512, heads=4, kv_heads=2, vocab=512)
+    dst = tmp_path / "pw"
+    quantize_checkpoint(src, dst, keep_last=1)
+    ids = torch.randint(0, 512, (1, 21))
+    cpu = mxmix.load(dst)
+    gpu = mxmix.load(dst, device="cuda")
+    plain = mxmix.load(dst, device="cuda", pointwise=False)
+    try:
+        report = gpu.mxmix_load_report.to_dict()
+        assert report["pointwise_norms"] == 2 * 3 + 1 and report["pointwise_rotary"]
+        assert plain.mxmix_load_report.to_dict()["pointwise_norms"] == 0
+        with torch.inference_mode():
+            want = cpu(ids).logits.float()
+            got = gpu(ids.cuda()).logits.float().cpu()
+        assert float((got - want).norm() / want.norm()) < 2e-2
+    finally:
+        remove_pointwise(gpu)

@@ -33,7 +33,7 @@ from mxmix.rules.primitives import (
     glob_literal_prefix,
     regex_literal_prefix,
 )
-from mxmix.rules.reading import PathReading, Verdict
+from mxmix.rules.reading import PathReading, Verdict, ends_component, quiet_unless
 
 GLOB_CHARS = frozenset("*?[")
 # Children a FusedMoE module stands for: per-expert projections and stacked 3-D tensors.
@@ -174,6 +174,17 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
             return QUANTIZE, None, "no rule matches the FusedMoE module or an ancestor"
         return QUANTIZE, None, "no rule matches"
 
+    if no_patterns:
+        # a component run of the path spelled with its dots is a substring of the path; fused and
+        # FusedMoE names take the other branches
+        needles = backend.needles(".".join(parts) for _, parts in plain_entries)
+        special = (*fused, "experts")
+
+        def candidates(paths: Sequence[str]) -> set[int] | None:
+            found = needles.candidates(paths)
+            return None if found is None else found | ends_component(paths, special)
+
+        quiet_unless(reading, candidates, (QUANTIZE, None, "no rule matches"))
     return reading
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mxmix.checkpoint.dialects import recognise_dialect
 from mxmix.checkpoint.layout import Checkpoint
@@ -26,8 +26,9 @@ from mxmix.rules.primitives import Backend
 SHARD_TO_FUSED = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
 
 
-@dataclass(frozen=True)
-class PlanRow:
+class PlanRow(NamedTuple):
+    """One Linear module and each engine's decision (a named tuple: a plan holds 10^5 of them)."""
+
     module: LinearModule
     decisions: dict[str, Decision]
 
@@ -177,7 +178,8 @@ def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None, back
             columns.append(list(map(by_path.__getitem__, asked)))
     if not declared:
         notes.append("no quantization_config: every engine loads this checkpoint unquantized")
-    rows = [PlanRow(m, dict(zip(names, ds))) for m, ds in zip(modules, zip(*columns))] if names else \
+    new = tuple.__new__   # PlanRow's own __new__ is a Python-level function
+    rows = [new(PlanRow, (m, dict(zip(names, ds)))) for m, ds in zip(modules, zip(*columns))] if names else \
         [PlanRow(m, {}) for m in modules]
     return Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, rows, notes,
                 dict(zip(names, columns)), runtime)

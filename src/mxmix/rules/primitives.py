@@ -19,6 +19,8 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import add
 from typing import Any
 
 Entry = tuple[int, Any]
@@ -213,6 +215,48 @@ def _radix(children: dict[str, list[Any]]) -> dict[str, tuple[str, list[Any]]]:
     return out
 
 
+def _common_prefix(a: str, b: str, start: int) -> int:
+    """Length of the common prefix of ``a`` and ``b`` (both known to agree on their first ``start``
+    characters), by bisection on C-level ``startswith``."""
+    lo, hi = start, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if b.startswith(a[lo:mid], lo):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _radix_sorted(table: dict[str, int]) -> dict[str, tuple[str, list[Any]]]:
+    """``_radix(_char_trie(...))`` built straight from the sorted keys (non-empty ``key -> smallest
+    index``): a node per branching point or rule end instead of per character. Each group of sorted
+    keys sharing a first character becomes one edge labelled with the group's common prefix (that
+    of its first and last key); the key equal to that prefix, if any, ends there."""
+    keys = sorted(table)
+    out: dict[str, tuple[str, list[Any]]] = {}
+    stack = [(0, len(keys), 0, out)]   # keys[lo:hi] all agree on their first ``depth`` characters
+    while stack:
+        lo, hi, depth, into = stack.pop()
+        i = lo
+        while i < hi:
+            ch = keys[i][depth]
+            j = bisect.bisect_left(keys, keys[i][:depth] + chr(ord(ch) + 1), i, hi) if ord(ch) < 0x10FFFF else hi
+            end = _common_prefix(keys[i], keys[j - 1], depth + 1) if j - i > 1 else len(keys[i])
+            label = keys[i][depth:end]
+            hit = None
+            k = i
+            if len(keys[i]) == end:   # sorted: the key equal to the common prefix comes first
+                hit = table[keys[i]]
+                k = i + 1
+            edges: dict[str, tuple[str, list[Any]]] = {}
+            into[ch] = (label, [edges, hit])
+            if k < j:
+                stack.append((k, j, end, edges))
+            i = j
+    return out
+
+
 class SubstringIndex:
     """Rule-in-subject: a (path-compressed) trie of the rules walked from every position where some
     rule's first character occurs; each walk stops at the first edge the subject does not continue."""
@@ -220,8 +264,9 @@ class SubstringIndex:
     MAX_STARTS = 8  # few distinct first characters: find where each occurs instead of trying every position
 
     def __init__(self, entries: Iterable[Entry]) -> None:
-        root, self.empty = _char_trie(entries)
-        self.root = _radix(root)
+        table = _first_table(entries)
+        self.empty = table.pop("", None)
+        self.root = _radix_sorted(table)
 
     def first(self, subject: str) -> int | None:
         best = self.empty
@@ -387,11 +432,19 @@ def regex_literal_prefix(pattern: str) -> str:
     return "".join(out)
 
 
+# a whole pattern of plain characters and escaped punctuation (what the prefix scan below accepts
+# to the end): the common case (a module name with escaped dots) checked in one C-level match
+_LITERAL_PATTERN = re.compile(r"(?:[^\\.^$*+?{}\[\]|()]|\\(?:[^\w\s]|_))*\Z")
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
+
+
 def regex_literal(pattern: str) -> str | None:
     """The literal string ``pattern`` matches when it has no regex construct at all (only plain
     characters and escaped punctuation), else None."""
     if "\\" not in pattern:
         return None if _REGEX_META & set(pattern) else pattern
+    if "|" not in pattern and _LITERAL_PATTERN.match(pattern):   # the prefix scan gives up on any '|'
+        return _ESCAPED.sub(r"\1", pattern)
     prefix = regex_literal_prefix(pattern)
     # the prefix scan stops at the first construct; the whole pattern is literal when it consumed it all
     return prefix if _escaped_length(pattern, prefix) == len(pattern) else None
@@ -735,6 +788,88 @@ class LoopPatterns:
         return None
 
 
+class NeedleFilter:
+    """Which of many subjects *may* contain one of ``needles`` (a necessary condition, C speed).
+
+    Every needle is cut to its first ``H`` characters (the largest ``H`` whose distinct heads fit a
+    small budget), the heads become one trie-shaped regex (``a(?:b|c)``: the regex engine walks it
+    like a trie, where a flat ``ab|ac|...`` alternation would try every branch), and that regex is
+    searched over all subjects joined by newlines, jumping to the next line after each hit. A
+    subject that contains a needle contains its head, so a subject never reported contains none.
+    ``dots``: a ``.`` in a needle matches any character (a rule read as a regex whose only
+    metacharacter is ``.``, searched anywhere: a superset of matching at the start).
+
+    ``candidates`` returns the indices of the subjects to check exactly, or None when it cannot
+    filter (an empty needle, a needle or subject holding a newline, no budget): check them all.
+    """
+
+    BUDGET = 6000                                   # characters of all distinct heads together
+    LENGTHS = (64, 48, 32, 24, 20, 16, 12, 8, 6, 4, 3, 2, 1)
+
+    def __init__(self, needles: Iterable[str], *, dots: bool = False) -> None:
+        needles = set(needles)
+        self.nothing = not needles
+        self._last: tuple[Any, set[int] | None] = (None, None)
+        self.search: Callable[..., Any] | None = None
+        if self.nothing or "" in needles or any("\n" in n for n in needles):
+            return
+        for length in self.LENGTHS:
+            heads = {n[:length] for n in needles}
+            if sum(map(len, heads)) <= self.BUDGET:
+                break
+        else:  # thousands of distinct first characters: not worth a regex
+            return
+        root: dict[str, Any] = {}
+        for h in heads:
+            node = root
+            for ch in h:
+                node = node.setdefault(ch, {})
+            node[""] = {}
+        try:
+            self.search = re.compile(_trie_regex(root, dots)).search
+        except (re.error, RecursionError, OverflowError):  # pragma: no cover - escaped literals compile
+            self.search = None
+
+    def candidates(self, subjects: Sequence[str]) -> set[int] | None:
+        if subjects is self._last[0]:      # readings sharing this filter ask about the same list
+            return self._last[1]
+        found = self._candidates(subjects)
+        self._last = (subjects, found)
+        return found
+
+    def _candidates(self, subjects: Sequence[str]) -> set[int] | None:
+        if self.nothing:
+            return set()
+        search = self.search
+        if search is None:
+            return None
+        text = "\n".join(subjects)
+        if text.count("\n") != len(subjects) - 1:
+            return None
+        # where line i starts in ``text``: the lengths before it plus one newline per earlier line
+        starts = list(map(add, accumulate(map(len, subjects), initial=0), range(len(subjects) + 1)))
+        out: set[int] = set()
+        pos = 0
+        right = bisect.bisect_right
+        while True:
+            m = search(text, pos)
+            if m is None:
+                return out
+            i = right(starts, m.start()) - 1
+            out.add(i)
+            pos = starts[i + 1]
+
+
+def _trie_regex(root: dict[str, Any], dots: bool) -> str:
+    """A character trie as a regex (``""`` child = a needle ends here; any end suffices)."""
+    def emit(node: dict[str, Any]) -> str:
+        if "" in node:
+            return ""          # a needle ends here: the shorter head already suffices
+        alts = [("." if dots and ch == "." else re.escape(ch)) + emit(child) for ch, child in sorted(node.items())]
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+    return emit(root)
+
+
 class Backend:
     """Builds primitives in one of the two forms (``indexed`` False = the reference loops).
 
@@ -806,6 +941,11 @@ class Backend:
         """``re.match(rule + DOT_BOUNDARY, subject)`` for rules with no metacharacter but ``.``."""
         return self._build("dot_wildcard", entries, DotWildcardIndex,
                            lambda e: LoopPatterns([(i, r + DOT_BOUNDARY, MATCH) for i, r in e]))
+
+    def needles(self, needles: Iterable[str], *, dots: bool = False) -> NeedleFilter:
+        """A ``NeedleFilter`` (memoised like the primitives: readings over one list share it)."""
+        return self._build("needles-dots" if dots else "needles", sorted(set(needles)),
+                           lambda e: NeedleFilter(e, dots=dots), lambda e: NeedleFilter(e, dots=dots))
 
     def patterns(self, entries: Sequence[tuple[int, str, str]]) -> Any:
         """Mixed regex / glob entries ``(index, pattern, mode)`` answered together."""

@@ -60,6 +60,31 @@ def agree_on_shards(path: str, shard_paths: Sequence[str], hits: Sequence[int | 
                        f"kept {', '.join(kept)}; quantized {', '.join(missing)}")
 
 
+BATCH_MIN = 256   # fewer paths: filtering costs more than it saves
+
+
+def quiet_unless(reading: PathReading, candidates: Callable[[Sequence[str]], set[int] | None],
+                 verdict: Verdict) -> PathReading:
+    """Declare that ``reading`` answers ``verdict`` for every path ``candidates(paths)`` leaves out.
+
+    ``candidates`` is a cheap necessary condition over a whole list (indices of the paths that may
+    answer anything else; None = cannot tell, ask every path); ``decide_many`` asks ``reading``
+    only about those. Tests check the bulk answers against the reference readings path by path.
+    """
+    reading.candidates = candidates  # type: ignore[attr-defined]
+    reading.quiet_verdict = verdict  # type: ignore[attr-defined]
+    return reading
+
+
+def ends_component(paths: Sequence[str], names: Sequence[str]) -> set[int]:
+    """Indices of the paths that may end with one of ``names`` as their last component (a superset:
+    the name may also end a longer last component)."""
+    tails = tuple(names)
+    if not tails:
+        return set()
+    return {i for i, p in enumerate(paths) if p.endswith(tails)}
+
+
 @dataclass
 class BoundReading:
     """A reading bound to one rule list: ``decide(path) -> Decision``."""
@@ -75,10 +100,21 @@ class BoundReading:
             outcome, index, reason = ERROR, exc.index, exc.reason
         return Decision(path, self.engine, outcome, None if index is None else self.rules[index], reason)
 
-    def decide_many(self, paths: Sequence[str]) -> list[Decision]:
-        """``decide`` for many paths (same answers, less per-path overhead)."""
+    def decide_many(self, paths: Sequence[str], *, batch: bool = True) -> list[Decision]:
+        """``decide`` for many paths (same answers, less per-path overhead; with ``batch``, only the
+        paths the reading's ``quiet_unless`` filter keeps are decided one by one)."""
         reading, rules, engine = self.reading, self.rules, self.engine
         new = tuple.__new__  # Decision's own __new__ is a Python-level function: 3x the cost
+        candidates = getattr(reading, "candidates", None) if batch else None
+        if candidates is not None and len(paths) >= BATCH_MIN:
+            chosen = candidates(paths)
+            if chosen is not None:
+                outcome, _, reason = reading.quiet_verdict  # type: ignore[attr-defined]
+                out = [new(Decision, (p, engine, outcome, None, reason)) for p in paths]
+                order = sorted(chosen)
+                for i, d in zip(order, self.decide_many([paths[i] for i in order], batch=False)):
+                    out[i] = d
+                return out
         out = []
         append = out.append
         for p in paths:

@@ -9,8 +9,10 @@ checkpoints vLLM and SGLang refuse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mxmix.rules.decision import KEEP, QUANTIZE
-from mxmix.rules.reading import PathReading, Verdict, first_hit
+from mxmix.rules.reading import PathReading, Verdict, ends_component, first_hit, quiet_unless
 
 
 def build_compressed_tensors(rules, fused, backend) -> PathReading:
@@ -46,4 +48,12 @@ def build_compressed_tensors(rules, fused, backend) -> PathReading:
             return KEEP, hit, f"rule {rules[hit]!r} matches the name (regex start or exact)"
         return QUANTIZE, None, "no rule matches"
 
+    if plain_only:
+        needles = backend.needles(r for r in rules if not r.startswith("re:"))
+
+        def candidates(paths: Sequence[str]) -> set[int] | None:
+            found = needles.candidates(paths)
+            return None if found is None else found | ends_component(paths, suffixes)
+
+        quiet_unless(reading, candidates, (QUANTIZE, None, "no rule matches"))
     return reading

@@ -8,9 +8,11 @@ fused modules: the reading applies to whatever (unfused, checkpoint-named) path 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mxmix.rules.decision import KEEP, QUANTIZE
 from mxmix.rules.primitives import DOT_BOUNDARY, is_dot_wildcard_literal
-from mxmix.rules.reading import PathReading, Verdict, first_hit
+from mxmix.rules.reading import PathReading, Verdict, first_hit, quiet_unless
 
 BOUNDARY = DOT_BOUNDARY
 
@@ -40,6 +42,17 @@ def build_transformers(rules, fused, backend) -> PathReading:
             return KEEP, hit, f"rule {rules[hit]!r}, read as a regex, matches the start of the name at a dot boundary"
         return KEEP, hit, f"the name ends with rule {rules[hit]!r}"
 
+    if plain_only:
+        # a dot-wildcard rule matching the start, or a rule ending the name, occurs in the name
+        wild_needles = backend.needles((r for _, r in simple), dots=True)
+        end_needles = backend.needles(rules)
+
+        def candidates(paths: Sequence[str]) -> set[int] | None:
+            a = wild_needles.candidates(paths)
+            b = end_needles.candidates(paths) if a is not None else None
+            return None if b is None else a | b
+
+        quiet_unless(reading, candidates, (QUANTIZE, None, "no rule matches"))
     return reading
 
 
@@ -53,4 +66,4 @@ def build_transformers_4(rules, fused, backend) -> PathReading:
             return KEEP, hit, f"rule {rules[hit]!r} is a substring of the name"
         return QUANTIZE, None, "no rule matches"
 
-    return reading
+    return quiet_unless(reading, backend.needles(rules).candidates, (QUANTIZE, None, "no rule matches"))

@@ -11,8 +11,10 @@ so the kernels do as little per-element work as possible (shared docs mxfp8-form
   partial [M, BLOCK_N] that is scaled by the block's scales and accumulated, so there is no per-element
   scale multiply, only the E4M3 -> BF16 conversion (exact). How that conversion is spelled matters on
   Hopper (``DecodeConfig.convert``, `CONVERTS`): Triton's direct E4M3 -> BF16 goes through a scalar
-  F16 -> BF16 ``F2F`` per element (a quarter-rate pipe); E4M3 -> F32 -> BF16 compiles to packed
-  conversions and ``HADD2.F32`` instead, and is the default up to M = 4.
+  F16 -> BF16 ``F2F`` per element, and even the packed E4M3 -> F32 -> BF16 route keeps two conversion
+  instructions per pair, on a pipe that runs at a quarter of the integer rate. The default, ``prmt``,
+  builds the bf16 bits with a byte permute, a shift and a mask and fixes the exponent bias with one
+  exact packed multiply (`_e4m3_to_bf16_prmt`), so no conversion instruction is left.
 
 Both split K across programs when N alone does not fill the GPU; partial sums go to an fp32
 workspace and the last program of each N tile (an atomic per-tile counter) reduces them in a fixed
@@ -283,12 +285,12 @@ def _split_for(tiles: int, k: int, block_k: int, target_programs: int, min_k: in
 
 
 # E4M3 conversion used by the heuristic for each kernel kind (see CONVERTS); module-level so that
-# benchmarks can compare variants end to end (bench_kernels.py --fma-max-m / --mma-convert).
+# benchmarks can compare variants end to end (bench_e2e.py --variants, bench_kernels.py --mma-convert).
 FMA_CONVERT = "cvt"
-MMA_CONVERT: str | None = None  # None: "f32" for M <= F32_MAX_M, "cvt" above (measured, BENCHMARKS.md)
+MMA_CONVERT: str | None = None  # None: "prmt" (measured, BENCHMARKS.md)
 FMA_MAX_M = 2      # largest M served by the CUDA-core kernel...
 FMA_MULTI_ROW_MAX_ELEMS = 8192 * 8192  # ...but for M >= 2 only on weights up to this many elements
-F32_MAX_M = 4
+MMA_MAX_SPLIT = 4
 
 
 def _fma_serves(m: int, n: int, k: int) -> bool:
@@ -296,13 +298,12 @@ def _fma_serves(m: int, n: int, k: int) -> bool:
 
 
 def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
-    """Heuristic launch configuration: split K until ~4 programs per SM.
+    """Heuristic launch configuration: split K until ~4 programs per SM (at most 4 ways for the mma kernel).
 
-    Tiles and splits were fitted to H100 sweeps; the kernel choice per M and the E4M3 conversion of
-    the tensor-core kernel come from the H200 graph-timed tables in BENCHMARKS.md (2026-11-28):
-    the packed fp32 route ("f32") was 4-12 % faster than Triton's direct E4M3->BF16 conversion at
-    M = 2..4 in every measurement, even at M = 8 (one shape 6 % slower) and behind at M = 16. At M = 2
-    the tensor-core kernel beats the GEMV on large weights (8-12 %) and loses on 4096-wide ones.
+    Fitted to graph-timed sweeps (BENCHMARKS.md): the GEMV at M = 1 (and at M = 2 on weights up to
+    8192x8192), the tensor-core kernel with the byte-permute E4M3 conversion above. In the H100 sweep of
+    2026-11-28 (`bench_kernels.py --sweep-decode`, 72 tensor-core configurations at M = 2, 4, 16) a
+    64-wide tile with 128-wide K steps split 4 ways was the best or within 2 % of it on every shape.
     """
     if _fma_serves(m, n, k):
         block_k = 512 if m == 1 and n >= 14336 else 256
@@ -310,8 +311,8 @@ def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> Decode
         return DecodeConfig("fma", 16, block_k, _split_for(tiles, k, block_k, 4 * sm_count, 512), 4, 3,
                             FMA_CONVERT)
     tiles = triton.cdiv(n, 64)
-    convert = MMA_CONVERT or ("f32" if m <= F32_MAX_M else "cvt")
-    return DecodeConfig("mma", 64, 128, _split_for(tiles, k, 128, 4 * sm_count, 1024), 4, 3, convert)
+    split = min(MMA_MAX_SPLIT, _split_for(tiles, k, 128, 4 * sm_count, 1024))
+    return DecodeConfig("mma", 64, 128, split, 4, 3, MMA_CONVERT or "prmt")
 
 
 def candidate_configs(m: int, n: int, k: int, sm_count: int = 132) -> list[DecodeConfig]:
