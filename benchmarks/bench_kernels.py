@@ -305,13 +305,13 @@ def convert_candidates(m: int, n: int, k: int):
 
     default = default_decode_config(m, n, k)
     cands = [default]
-    if m <= 4:
+    if m <= 2:
         fma = default if default.kind == "fma" else DecodeConfig(
             "fma", 16, 256, _split_for(-(-n // 16), k, 256, 4 * 132, 512), 4, 3)
         cands += [DecodeConfig(fma.kind, fma.block_n, fma.block_k, fma.split_k, fma.num_warps, fma.num_stages, c)
                   for c in ("cvt", "prmt")]
     for bn, bk, w in ((64, 128, 4), (128, 128, 8), (64, 256, 4)):
-        split = _split_for(-(-n // bn), k, bk, 4 * 132, 1024)
+        split = min(4, _split_for(-(-n // bn), k, bk, 4 * 132, 1024))
         convs = ("f32", "prmt") if (bn, bk) == (64, 128) else ("prmt",)
         cands += [DecodeConfig("mma", bn, bk, split, w, 3, c) for c in convs]
     seen = []

@@ -27,6 +27,8 @@ for step in $steps; do
                | tee "$OUT/chunked.log" ;;
     sweepmma) python3 benchmarks/bench_kernels.py --sweep-decode --shapes 4096x4096,8192x8192,28672x8192 --ms 2,4,16 \
                --json "$OUT/sweepmma.json" 2>&1 | tee "$OUT/sweepmma.log" | grep -v "^      " ;;
+    convert16) python3 benchmarks/bench_kernels.py --sweep-convert --llama --ms 1,2,4,16 --json "$OUT/convert16.json" 2>&1 \
+               | tee "$OUT/convert16.log" | grep -v "^      " ;;
     chunktests) python3 -m pytest -q -p no:cacheprovider tests/runtime/test_kernels_gpu.py -k "chunked or prefill" 2>&1 \
                | tee "$OUT/chunktests.log" | tail -5 ;;
   esac
