@@ -218,11 +218,10 @@ def sweep_dequant(shapes) -> None:
     for n, k in shapes:
         sets = make_weights(n, k, 2)
         out = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
-        for cfg in [{"block_r": r, "block_k": bk, "num_warps": w, "int_decode": i}
-                    for r, bk, w in [(16, 256, 4), (32, 512, 8), (64, 256, 8), (8, 1024, 4)] for i in (True, False)]:
+        for launch in [{"tile_elements": t, "num_warps": w} for t in (2048, 4096, 8192) for w in (2, 4, 8)]:
             t = bench(Rotor([(q, s) for _, q, s in sets],
-                            lambda q, s, cfg=cfg, out=out: dequantize_to(q, s, out, cfg)), warmup=5, rep=20)
-            print(f"dequant {n}x{k} {cfg}: {t:.1f} us, {n * k * 3.03125 / t / 1e6:.2f} TB/s", flush=True)
+                            lambda q, s, launch=launch, out=out: dequantize_to(q, s, out, **launch)), warmup=5, rep=20)
+            print(f"dequant {n}x{k} {launch}: {t:.1f} us, {n * k * 3.03125 / t / 1e6:.2f} TB/s", flush=True)
         del sets
         torch.cuda.empty_cache()
 

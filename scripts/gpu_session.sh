@@ -29,6 +29,9 @@ for step in $steps; do
                --json "$OUT/sweepmma.json" 2>&1 | tee "$OUT/sweepmma.log" | grep -v "^      " ;;
     convert16) python3 benchmarks/bench_kernels.py --sweep-convert --llama --ms 1,2,4,16 --json "$OUT/convert16.json" 2>&1 \
                | tee "$OUT/convert16.log" | grep -v "^      " ;;
+    dequant) python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_kernels as b; \
+               b.sweep_dequant([(8192, 8192), (28672, 8192)])" 2>&1 | tee "$OUT/dequant.log" ;;
+    prefill) python3 benchmarks/bench_kernels.py --ms 512,4096 --json "$OUT/prefill.json" 2>&1 | tee "$OUT/prefill.log" ;;
     chunktests) python3 -m pytest -q -p no:cacheprovider tests/runtime/test_kernels_gpu.py -k "chunked or prefill" 2>&1 \
                | tee "$OUT/chunktests.log" | tail -5 ;;
   esac

@@ -64,6 +64,19 @@ def _quantize_kernel(x_ptr, q_ptr, s_ptr, n_blocks, blocks_per_row, k,
 
 
 @triton.jit
+def e8m0_to_f32(sb, NAN_BYTE: tl.constexpr):
+    """E8M0 bytes -> fp32 2^(b-127): the byte shifted into the exponent field; byte 0 is the subnormal
+    2^-127 (mantissa bit 22). With ``NAN_BYTE``, byte 255 is NaN; the runtime's matmul kernels pass
+    False (their weights were checked for 0xFF scales at load) and save the select in their inner loop.
+    Shared by the codec and those kernels."""
+    b = sb.to(tl.int32)
+    bits = tl.where(b == 0, 0x00400000, b << 23)
+    if NAN_BYTE:
+        bits = tl.where(b == 255, 0x7FC00000, bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _dequantize_kernel(q_ptr, s_ptr, out_ptr, n_blocks, blocks_per_row, k,
                        BLOCK: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
                        WIDE_INDEX: tl.constexpr):
@@ -82,10 +95,7 @@ def _dequantize_kernel(q_ptr, s_ptr, out_ptr, n_blocks, blocks_per_row, k,
         offs = row[:, None] * k + col
         mask = blk_ok[:, None] & (col < k)
     q = tl.load(q_ptr + offs, mask=mask, other=0).to(tl.float8e4nv, bitcast=True).to(tl.float32)
-    b = tl.load(s_ptr + blk, mask=blk_ok, other=127).to(tl.int32)
-    bits = tl.where(b == 0, 0x00400000, b << 23)  # 2^-127 is a subnormal: mantissa bit 22
-    bits = tl.where(b == 255, 0x7FC00000, bits)
-    factor = bits.to(tl.float32, bitcast=True)
+    factor = e8m0_to_f32(tl.load(s_ptr + blk, mask=blk_ok, other=127), True)
     y = q * factor[:, None]
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -124,15 +134,22 @@ def quantize(x: torch.Tensor, block_size: int = 32, scale_mode: str = "rceil", *
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
                block_size: int = 32, *, tile_elements: int = DEFAULT_TILE_ELEMENTS,
-               num_warps: int = DEFAULT_NUM_WARPS) -> torch.Tensor:
-    """Decode MXFP8 on CUDA: e4m3(q) * 2^(b - 127) in fp32 (exact), one rounding to ``dtype``."""
+               num_warps: int = DEFAULT_NUM_WARPS, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode MXFP8 on CUDA: e4m3(q) * 2^(b - 127) in fp32 (exact), one rounding to ``dtype``.
+
+    ``out`` (contiguous, q's shape, dtype ``dtype``) receives the result instead of a new tensor: the
+    runtime's prefill path decodes into a reused workspace.
+    """
     k = q.shape[-1]
     q2 = q.reshape(-1, k).contiguous().view(torch.uint8)
     s2 = scale.reshape(q2.shape[0], -1).contiguous()
     rows = q2.shape[0]
     blocks_per_row = s2.shape[1]
     n_blocks = rows * blocks_per_row
-    out = torch.empty((rows, k), dtype=dtype, device=q.device)
+    if out is None:
+        out = torch.empty((rows, k), dtype=dtype, device=q.device)
+    elif out.dtype != dtype or out.numel() != q2.numel() or not out.is_contiguous() or out.device != q.device:
+        raise ValueError(f"out must be a contiguous {dtype} tensor of {q2.numel()} elements on {q.device}")
     group, _ = _launch_shape(block_size, tile_elements)
     wide = n_blocks * block_size + group * block_size >= 2**31
     with _device_guard(q):
@@ -140,4 +157,4 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
             q2, s2, out, n_blocks, blocks_per_row, k,
             BLOCK=block_size, GROUP=group, EVEN_K=k % block_size == 0, WIDE_INDEX=wide,
             num_warps=num_warps)
-    return out.reshape(q.shape)
+    return out.view(q.shape)

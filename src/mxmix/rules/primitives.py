@@ -435,7 +435,6 @@ def regex_literal_prefix(pattern: str) -> str:
 # a whole pattern of plain characters and escaped punctuation (what the prefix scan below accepts
 # to the end): the common case (a module name with escaped dots) checked in one C-level match
 _LITERAL_PATTERN = re.compile(r"(?:[^\\.^$*+?{}\[\]|()]|\\(?:[^\w\s]|_))*\Z")
-_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 
 def regex_literal(pattern: str) -> str | None:
@@ -444,7 +443,8 @@ def regex_literal(pattern: str) -> str | None:
     if "\\" not in pattern:
         return None if _REGEX_META & set(pattern) else pattern
     if "|" not in pattern and _LITERAL_PATTERN.match(pattern):   # the prefix scan gives up on any '|'
-        return _ESCAPED.sub(r"\1", pattern)
+        # every backslash starts a two-character escape: split at escaped backslashes, drop the rest
+        return "\\".join(part.replace("\\", "") for part in pattern.split("\\\\"))
     prefix = regex_literal_prefix(pattern)
     # the prefix scan stops at the first construct; the whole pattern is literal when it consumed it all
     return prefix if _escaped_length(pattern, prefix) == len(pattern) else None

@@ -32,17 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-# bits of 2^-127 (E8M0 byte 0) as an fp32 subnormal; the shift trick alone would give 0.0
-_E8M0_ZERO_BITS = tl.constexpr(0x00400000)
-
-
-@triton.jit
-def _e8m0_to_f32(sb):
-    """E8M0 bytes -> fp32 2^(b-127) by placing the byte in the exponent field (byte 0 -> 2^-127)."""
-    bits = sb.to(tl.int32) << 23
-    bits = tl.where(sb == 0, _E8M0_ZERO_BITS, bits)
-    return bits.to(tl.float32, bitcast=True)
-
+from mxmix.mx.triton_codec import e8m0_to_f32
 
 # 0x87F00000 as a signed constant: sign bit + the 7 magnitude bits of an E4M3 byte, moved into the
 # low exponent / high mantissa bits of an fp32 word
@@ -165,7 +155,7 @@ def _decode_fma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
             wf = _e4m3_to_bf16_prmt(w.to(tl.uint8, bitcast=True)).to(tl.float32)
         else:
             wf = w.to(tl.float32)
-        scale = _e8m0_to_f32(sb)                                           # [BN, KB]
+        scale = e8m0_to_f32(sb, False)                                    # [BN, KB]
         for m in tl.static_range(BLOCK_M):
             if EVEN_K:
                 x = tl.load(x_ptrs + m * stride_xm, mask=m < M, other=0.0)
@@ -220,7 +210,7 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
             if CONVERT == 3:
                 # fold: exact fp32 w * 2^(s-127), one rounding to bf16 (= the bf16 dequantized weight),
                 # accumulated by the dot itself (no zeroed partial, no per-block rescale of acc)
-                wb = (w.to(tl.float32) * _e8m0_to_f32(sb)[None, :]).to(tl.bfloat16)
+                wb = (w.to(tl.float32) * e8m0_to_f32(sb, False)[None, :]).to(tl.bfloat16)
                 acc = tl.dot(x, wb, acc)
             else:
                 if CONVERT == 4:
@@ -230,7 +220,7 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                 else:
                     wb = w.to(tl.bfloat16)  # Triton 3.6 on sm_90: E4M3->F16x2 then scalar F2F.BF16.F16
                 part = tl.dot(x, wb)
-                acc += part * _e8m0_to_f32(sb)[None, :]
+                acc += part * e8m0_to_f32(sb, False)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
         s_ptrs += KB

@@ -5,8 +5,8 @@ Two ways, chosen by M (see ``dispatch.py``):
 * ``fused``: a Triton tiled matmul that loads an E4M3 weight tile plus its scales, dequantizes it
   exactly into BF16 in registers and feeds BF16 tensor-core dots (fp32 accumulation). The weight is
   read from memory once per M tile, compressed.
-* ``cublas``: dequantize the whole weight exactly into a BF16 workspace (one streaming pass, ~5 bytes
-  per weight element of traffic) then cuBLAS BF16 GEMM. At M in the thousands the GEMM dominates and
+* ``cublas``: dequantize the whole weight exactly into a BF16 workspace (the codec's kernel, one
+  streaming pass, ~3 bytes per weight element of traffic) then cuBLAS BF16 GEMM. At M in the thousands the GEMM dominates and
   cuBLAS's tuned kernels win; the workspace is transient (the caching allocator reuses it across
   layers), so the resident weights stay compressed.
 
@@ -22,54 +22,15 @@ import torch
 import triton
 import triton.language as tl
 
-from mxmix.runtime.kernels.triton_decode import _e8m0_to_f32
+from mxmix.mx.triton_codec import e8m0_to_f32
 
 
-@triton.jit
-def _dequant_kernel(w_ptr, s_ptr, out_ptr, N, K,
-                    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT_DECODE: tl.constexpr):
-    """out[N, K] (bf16/fp16) = e4m3(w) * 2^(s - 127), one [BLOCK_R, BLOCK_K] tile per program.
+def dequantize_to(weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, **launch) -> torch.Tensor:
+    """Exact MXFP8 -> ``out.dtype`` dequantization on the GPU into a caller-provided [N, K] buffer
+    (the codec's kernel, `mxmix.mx.triton_codec.dequantize`; ``launch``: its tile_elements/num_warps)."""
+    from mxmix.mx.triton_codec import dequantize
 
-    The E4M3 byte is decoded with integer operations instead of the quarter-rate conversion
-    instructions: placing sign and exponent/mantissa bits into an fp32 word gives e4m3 * 2^-120 exactly
-    (subnormals included, as fp32 subnormals), then two exact power-of-two multiplies apply 2^120 and
-    the block scale; the only rounding is the final cast. ``INT_DECODE=False`` uses the hardware
-    conversion (E4M3 -> FP16 -> FP32) instead.
-    """
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    KB: tl.constexpr = BLOCK_K // 32
-    KS = K // 32
-    rows = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-    kb = pid_k * KB + tl.arange(0, KB)
-    e = tl.arange(0, 32)
-    koff = kb[None, :, None] * 32 + e[None, None, :]
-    mask3 = (rows[:, None, None] < N) & (koff < K)
-    sb = tl.load(s_ptr + rows[:, None] * KS + kb[None, :], mask=(rows[:, None] < N) & (kb[None, :] < KS), other=127)
-    if INT_DECODE:
-        w = tl.load(w_ptr.to(tl.pointer_type(tl.uint8)) + rows[:, None, None] * K + koff, mask=mask3, other=0)
-        b = w.to(tl.int32)
-        bits = ((b & 0x80) << 24) | ((b & 0x7F) << 20)
-        wf = bits.to(tl.float32, bitcast=True) * 1.329227995784916e36  # * 2^120
-    else:
-        wf = tl.load(w_ptr + rows[:, None, None] * K + koff, mask=mask3, other=0.0).to(tl.float32)
-    val = wf * _e8m0_to_f32(sb)[:, :, None]
-    tl.store(out_ptr + rows[:, None, None] * K + koff, val.to(out_ptr.dtype.element_ty), mask=mask3)
-
-
-# fastest of the variants in benchmarks/bench_kernels.py --sweep-prefill on H100 (2.6 TB/s, 8192x8192)
-DEQUANT_CONFIG = {"block_r": 8, "block_k": 1024, "num_warps": 4, "int_decode": True}
-
-
-def dequantize_to(weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor,
-                  config: dict | None = None) -> torch.Tensor:
-    """Exact MXFP8 -> ``out.dtype`` dequantization on the GPU into a caller-provided [N, K] buffer."""
-    cfg = config or DEQUANT_CONFIG
-    n, k = weight.shape
-    grid = (triton.cdiv(n, cfg["block_r"]), triton.cdiv(k, cfg["block_k"]))
-    _dequant_kernel[grid](weight, scale, out, n, k, BLOCK_R=cfg["block_r"], BLOCK_K=cfg["block_k"],
-                          INT_DECODE=cfg["int_decode"], num_warps=cfg["num_warps"])
-    return out
+    return dequantize(weight, scale, out.dtype, out=out, **launch)
 
 
 def dequantize_cuda(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -113,7 +74,7 @@ def _prefill_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, stride_xm, str
             a = tl.load(x_ptrs, mask=(k0 + offs_k[None, :]) < K, other=0.0)
             w = tl.load(w_ptrs, mask=(k0 + koff3) < K, other=0.0)
             sb = tl.load(s_ptrs, mask=(k0 + offs_kb[:, None] * 32) < K, other=127)
-        wf = w.to(tl.float32) * _e8m0_to_f32(sb)[:, None, :]
+        wf = w.to(tl.float32) * e8m0_to_f32(sb, False)[:, None, :]
         b = tl.reshape(wf, (BLOCK_K, BLOCK_N)).to(a.dtype)
         acc = tl.dot(a, b, acc)
         x_ptrs += BLOCK_K
