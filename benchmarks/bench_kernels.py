@@ -298,6 +298,37 @@ def sweep_chunked(shapes, ms, args) -> list[dict]:
     return rows_out
 
 
+def prefill_breakdown(shapes, ms, args) -> list[dict]:
+    """Where the cuBLAS prefill path's time goes: the GEMM on the original BF16 weight, the same GEMM on the
+    pre-dequantized weight (MXFP8 values in BF16), the dequantization alone, and the whole path."""
+    from mxmix.mx import dequantize
+    from mxmix.runtime.kernels import triton_prefill as tp
+
+    rows = []
+    for n, k in shapes:
+        sets = make_weights(n, k, copies_for(n, k))
+        deq = [dequantize(q, s, torch.bfloat16) for _, q, s in sets]
+        for m in ms:
+            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+            line = {"n": n, "k": k, "m": m}
+            line["bf16_us"] = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
+                                          lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
+            line["gemm_on_dequantized_us"] = bench(Rotor([(xs[i % 2], w) for i, w in enumerate(deq)],
+                                                         lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
+            buf = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
+            line["dequant_us"] = bench(Rotor([(q, s) for _, q, s in sets],
+                                             lambda q, s, buf=buf: tp.dequantize_to(q, s, buf)), warmup=5, rep=20)
+            line["whole_us"] = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                                           lambda x, q, s: tp.mxfp8_prefill_cublas(x, q, s)), warmup=5, rep=20)
+            rows.append(line)
+            print(f"{n:>6}x{k:<6} M={m:<5} " + "  ".join(f"{key[:-3]} {v:.1f}" for key, v in line.items()
+                                                        if key.endswith("_us"))
+                  + f"  -> x{line['bf16_us'] / line['whole_us']:.2f}", flush=True)
+        del sets, deq
+        torch.cuda.empty_cache()
+    return rows
+
+
 def convert_candidates(m: int, n: int, k: int):
     """The shipped heuristic's pick first, then the E4M3 conversion variants around it."""
     from mxmix.runtime.kernels.triton_decode import DecodeConfig, _split_for, default_decode_config
@@ -440,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-prefill", action="store_true")
     ap.add_argument("--sweep-convert", action="store_true")
     ap.add_argument("--sweep-chunked", action="store_true", help="prefill: whole dequant vs row chunks through L2")
+    ap.add_argument("--prefill-breakdown", action="store_true", help="prefill: GEMM on dequantized weight, dequant, whole")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
     ap.add_argument("--sass", action="store_true", help="SASS loop instruction counts for sm_90 (no GPU)")
     ap.add_argument("--timer", choices=("graph", "do_bench"), default="graph")
@@ -474,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = sweep_decode(shapes, ms, args)
     elif args.sweep_convert:
         rows = sweep_convert(shapes, ms, args)
+    elif args.prefill_breakdown:
+        rows = prefill_breakdown(shapes, ms, args)
     elif args.sweep_chunked:
         rows = sweep_chunked(shapes, ms, args)
     elif args.sweep_prefill:

@@ -31,6 +31,8 @@ for step in $steps; do
                | tee "$OUT/convert16.log" | grep -v "^      " ;;
     dequant) python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_kernels as b; \
                b.sweep_dequant([(8192, 8192), (28672, 8192)])" 2>&1 | tee "$OUT/dequant.log" ;;
+    prefilldiag) python3 benchmarks/bench_kernels.py --prefill-breakdown --ms 4096 --json "$OUT/prefilldiag.json" 2>&1 \
+               | tee "$OUT/prefilldiag.log" ;;
     prefill) python3 benchmarks/bench_kernels.py --ms 512,4096 --json "$OUT/prefill.json" 2>&1 | tee "$OUT/prefill.log" ;;
     chunktests) python3 -m pytest -q -p no:cacheprovider tests/runtime/test_kernels_gpu.py -k "chunked or prefill" 2>&1 \
                | tee "$OUT/chunktests.log" | tail -5 ;;

@@ -169,6 +169,28 @@ def test_partial_qkv_and_gate_up(tmp_path):
     assert raised and {m for f in raised for m in f.modules} >= {"model.layers.2.self_attn.v_proj"}
 
 
+def test_every_engine_verdict_counts_its_own_misreads(tmp_path):
+    """Each engine's verdict and findings follow its own plan column, also after an engine that raises
+    (the error grouping once rebound the list of paths the later engines were compared on)."""
+    keep = ["lm_head", "model.layers.2.self_attn.v_proj", "model.layers.4.mlp.up_proj", "model.layers.1.mlp.down_proj"]
+    d = build(tmp_path / "c", SPEC, fp8=_quantize_all_but(*keep[1:]), skip_list=keep[:3])
+    engines = ["sglang", "vllm", "sglang-23467", "transformers", "vllm-substring"]
+    result = audit_checkpoint(d, engines=engines)
+    assert [v.engine for v in result.verdicts] == engines
+    for v in result.verdicts:
+        rows = result.plan.rows
+        keeps = {r.module.path for r in rows if r.decisions[v.engine].decision == "keep" and r.module.quantized}
+        quants = {r.module.path for r in rows if r.decisions[v.engine].decision == "quantize" and not r.module.quantized}
+        raises = {r.module.path for r in rows if r.decisions[v.engine].decision == "error"}
+        assert (v.keeps_fp8, v.quantizes_bf16, v.raises) == (len(keeps), len(quants), len(raises)), v
+        found = {f.code: set(f.modules) for f in result.findings if f.engine == v.engine and f.code != "engine-raises"}
+        assert found.get("engine-keeps-stored-fp8", set()) == keeps
+        assert found.get("engine-quantizes-stored-bf16", set()) == quants
+        raised = {m for f in result.findings if f.engine == v.engine and f.code == "engine-raises" for m in f.modules}
+        assert raised == raises
+    assert sum(v.raises for v in result.verdicts) >= 2 and any(v.quantizes_bf16 for v in result.verdicts)
+
+
 def test_experts_not_uniform(tmp_path):
     spec = SyntheticSpec(layers=3, moe="experts", experts=4)
     odd = "model.layers.1.mlp.experts.2"

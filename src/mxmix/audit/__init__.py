@@ -105,11 +105,10 @@ def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool,
         get_engine(e)
     backend = Backend.shared()   # rule indexes built for the plan are reused by lint
     plan = plan_checkpoint(ckpt, ["canonical", *[e for e in judged if e != "canonical"]], backend=backend)
-    mods = [r.module for r in plan.rows]
-    views = module_views(ckpt, mods)
+    views = module_views(ckpt, plan.modules)
     dialect = checkpoint_dialect(ckpt)
     declared = bool(plan.quant_method)
-    canonical = {r.module.path: r.decisions["canonical"] for r in plan.rows} if declared else None
+    canonical = dict(zip(plan.paths, plan.column("canonical"))) if declared else None
     findings = check_config_vs_tensors(ckpt, views, canonical, dialect)
     engine_findings, verdicts = check_engines(plan, [e for e in judged if e != "canonical"])
     findings += engine_findings
@@ -147,12 +146,11 @@ def _lint_findings(ckpt: Any, engines: list[str], plan: Any, backend: Any) -> li
             lists.setdefault(tuple(value), []).append(key)
     grouped: dict[tuple[str, str], dict[str, Any]] = {}
     # the modules lint judges: each plan row's path once (stacked experts share one), in row order
-    first: dict[str, int] = {}
-    for i, r in enumerate(plan.rows):
-        first.setdefault(r.module.path, i)
-    first_rows = list(first.values())
-    modules = [plan.rows[i].module.path for i in first_rows]
-    aligned = len(first_rows) == len(plan.rows)
+    paths = plan.paths
+    first_row: dict[str, int] = dict(zip(reversed(paths), range(len(paths) - 1, -1, -1)))
+    aligned = len(first_row) == len(paths)
+    first_rows = list(range(len(paths))) if aligned else sorted(first_row.values())
+    modules = paths if aligned else [paths[i] for i in first_rows]
     for rules, keys in lists.items():
         if not rules:
             continue

@@ -9,6 +9,8 @@ name, K not a multiple of 32) are checked here too: they break every reader.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import compress, repeat
+from operator import attrgetter, gt, is_not, lt
 
 from mxmix.audit.findings import Finding, add_finding
 from mxmix.checkpoint.dialects import DIALECTS, SCALE_SUFFIXES
@@ -17,6 +19,7 @@ from mxmix.checkpoint.layout import Checkpoint
 from mxmix.rules.decision import ERROR, KEEP, Decision
 
 QUANTIZED = (MXFP8, FP8)
+_PATH, _PRECISION, _SCALE, _DTYPE, _SHAPE = map(attrgetter, ("path", "precision", "scale", "dtype", "shape"))
 
 
 def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canonical: dict[str, Decision] | None,
@@ -27,8 +30,6 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
     declared = canonical is not None
     keeps_fp8, quantizes_bf16, raises = [], [], []
     reasons: dict[str, str] = {}
-    missing_scale, bad_scale_dtype, bad_scale_shape, k_not_32, wrong_name, non_mx = [], [], [], [], [], []
-    scale_on_bf16: list[str] = []
     undeclared_fp8: list[str] = []
     expected_suffix = DIALECTS[dialect].scale_suffix if dialect in DIALECTS else None
     # MX scale rules apply to MXFP8 dialects (and to undeclared FP8); another method (block FP8,
@@ -39,39 +40,29 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
             "info", "config", "not-an-mxfp8-dialect",
             f"the checkpoint declares {dialect.removeprefix('other:')!r}, not an MXFP8 dialect: MX scale checks skipped",
             "Only the skip list and precision checks apply; scale tensors follow that method's own format.", ()))
-    for v in views:
-        quantized = v.precision in QUANTIZED
-        if declared:
-            d = canonical.get(v.path)
+    paths = list(map(_PATH, views))
+    precisions = list(map(_PRECISION, views))
+    if declared:
+        get_decision = canonical.get
+        for path, precision in zip(paths, precisions):
+            d = get_decision(path)
             if d is not None:
-                if d.decision == ERROR:
-                    raises.append(v.path)
-                    reasons.setdefault(d.reason, v.path)
-                elif d.decision == KEEP and quantized:
-                    keeps_fp8.append(v.path)
-                elif d.decision != KEEP and not quantized:
-                    quantizes_bf16.append(v.path)
-        elif quantized:
-            undeclared_fp8.append(v.path)
-        if v.dtype.startswith("F8_"):
-            if not mx_rules:
-                continue
-            if v.scale is None:
-                missing_scale.append(v.path)
-                continue
-            sdtype, sshape = _scale_info(ckpt, v.scale)
-            if sdtype not in SCALE_DTYPES:
-                bad_scale_dtype.append(v.path)
-            elif v.dtype != "F8_E4M3":
-                non_mx.append(v.path)
-            elif tuple(sshape) != expected_scale_shape(v.shape):
-                bad_scale_shape.append(v.path)
-            if v.shape and v.shape[-1] % BLOCK:
-                k_not_32.append(v.path)
-            if expected_suffix and not _has_suffix(v.scale, expected_suffix):
-                wrong_name.append(v.path)
-        elif v.scale is not None:
-            scale_on_bf16.append(v.path)
+                outcome = d.decision
+                if outcome == ERROR:
+                    raises.append(path)
+                    reasons.setdefault(d.reason, path)
+                elif outcome == KEEP:
+                    if precision in QUANTIZED:
+                        keeps_fp8.append(path)
+                elif precision not in QUANTIZED:
+                    quantizes_bf16.append(path)
+    else:
+        undeclared_fp8 = [path for path, precision in zip(paths, precisions) if precision in QUANTIZED]
+    # "<m>.weight_scale_inv" (2-D) or "<m>.experts.down_proj_scale_inv" (stacked experts)
+    endings = ("." + expected_suffix, "_" + expected_suffix.removeprefix("weight_")) if expected_suffix else ()
+    lists, owned = _tensor_lists(ckpt, views, mx_rules, endings)
+    missing_scale, bad_scale_dtype, non_mx, bad_scale_shape, k_not_32, wrong_name, scale_on_bf16 = (
+        lists.get(name, []) for name in TENSOR_LISTS)
 
     where = "the config's skip list (canonical reading)"
     add_finding(out, "error", "config", "config-keeps-but-stored-fp8",
@@ -122,14 +113,86 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
          "scale tensors next to high-precision weights",
          "Readers that keep these modules BF16 report unexpected keys (or ignore them); the file "
          "probably mixes two conversions.", scale_on_bf16)
-    out.extend(_orphan_scales(ckpt, views))
+    out.extend(_orphan_scales(ckpt, views, owned))
     out.extend(_skip_keys(ckpt, dialect))
     return out
 
 
-def _scale_info(ckpt: Checkpoint, name: str) -> tuple[str, tuple[int, ...]]:
-    info = ckpt.tensors[name].info
-    return info.dtype, info.shape
+TENSOR_LISTS = ("missing_scale", "bad_scale_dtype", "non_mx", "bad_scale_shape", "k_not_32", "wrong_name",
+                "scale_on_bf16")
+
+
+def _tensor_lists(ckpt: Checkpoint, views: Sequence[ModuleView], mx_rules: bool, endings: tuple[str, ...]
+                  ) -> tuple[dict[str, list[str]], list[str] | None]:
+    """The tensor checks' module lists (names in ``TENSOR_LISTS``; absent = empty), and every view's
+    scale name when each is known to be a tensor and no view shares one (else None).
+
+    Whether any view fails a check is decided on columns (distinct dtypes, shapes and name endings,
+    compared in C); only then does ``tensor_lists_by_view`` sort the views one by one."""
+    scales = list(map(_SCALE, views))
+    dtypes = list(map(_DTYPE, views))
+    fp8 = list(map(str.startswith, dtypes, repeat("F8_")))
+    has_scale = list(map(is_not, scales, repeat(None)))
+    if any(map(lt, fp8, has_scale)):                       # a BF16 weight with a scale
+        return tensor_lists_by_view(ckpt, views, mx_rules, endings), None
+    if not mx_rules:
+        return {}, None
+    if any(map(gt, fp8, has_scale)):                       # an FP8 weight without one
+        return tensor_lists_by_view(ckpt, views, mx_rules, endings), None
+    sel = list(compress(scales, fp8))                      # FP8 weights' scales: every FP8 weight has one
+    if not sel:
+        return {}, []
+    # the scales' header entries from the checkpoint's columns (``ckpt.tensors`` is not built for this)
+    columns = ckpt.columns
+    where = list(map(_tensor_positions(ckpt).__getitem__, sel))
+    shapes = list(compress(map(_SHAPE, views), fp8))
+    expected = {shape: expected_scale_shape(shape) for shape in set(shapes)}
+    clean = (set(map(columns.dtypes.__getitem__, where)) <= SCALE_DTYPES
+             and set(compress(dtypes, fp8)) == {"F8_E4M3"}
+             and list(map(expected.__getitem__, shapes)) == list(map(tuple, map(columns.shapes.__getitem__, where)))
+             and not any(shape and shape[-1] % BLOCK for shape in expected)
+             and (not endings or all(map(str.endswith, sel, repeat(endings)))))
+    distinct = len(set(where)) == len(where)
+    return ({} if clean else tensor_lists_by_view(ckpt, views, mx_rules, endings)), (sel if distinct else None)
+
+
+def _tensor_positions(ckpt: Checkpoint) -> dict[str, int]:
+    """Tensor name -> its index in ``ckpt.columns`` (once per opened checkpoint)."""
+    def build() -> dict[str, int]:
+        names = ckpt.columns.names
+        return dict(zip(names, range(len(names))))
+    return ckpt.derived("audit.tensor_positions", build)
+
+
+def tensor_lists_by_view(ckpt: Checkpoint, views: Sequence[ModuleView], mx_rules: bool,
+                         endings: tuple[str, ...]) -> dict[str, list[str]]:
+    """``_tensor_lists`` view by view (the definition)."""
+    out: dict[str, list[str]] = {}
+
+    def add(name: str, path: str) -> None:
+        out.setdefault(name, []).append(path)
+
+    for v in views:
+        if v.dtype.startswith("F8_"):
+            if not mx_rules:
+                continue
+            if v.scale is None:
+                add("missing_scale", v.path)
+                continue
+            info = ckpt.tensors[v.scale].info
+            if info.dtype not in SCALE_DTYPES:
+                add("bad_scale_dtype", v.path)
+            elif v.dtype != "F8_E4M3":
+                add("non_mx", v.path)
+            elif tuple(info.shape) != expected_scale_shape(v.shape):
+                add("bad_scale_shape", v.path)
+            if v.shape and v.shape[-1] % BLOCK:
+                add("k_not_32", v.path)
+            if endings and not v.scale.endswith(endings):
+                add("wrong_name", v.path)
+        elif v.scale is not None:
+            add("scale_on_bf16", v.path)
+    return out
 
 
 def _shapes(ckpt: Checkpoint, views: Sequence[ModuleView], path: str) -> dict[str, list[int]]:
@@ -138,14 +201,19 @@ def _shapes(ckpt: Checkpoint, views: Sequence[ModuleView], path: str) -> dict[st
             "expected": list(expected_scale_shape(v.shape))}
 
 
-def _has_suffix(scale_name: str, suffix: str) -> bool:
-    # "<m>.weight_scale_inv" (2-D) or "<m>.experts.down_proj_scale_inv" (stacked experts)
-    return scale_name.endswith("." + suffix) or scale_name.endswith("_" + suffix.removeprefix("weight_"))
-
-
-def _orphan_scales(ckpt: Checkpoint, views: Sequence[ModuleView]) -> list[Finding]:
+def _orphan_scales(ckpt: Checkpoint, views: Sequence[ModuleView], known: list[str] | None = None) -> list[Finding]:
+    """``known``: every view's scale name, each a tensor of the checkpoint and none repeated (or None)."""
+    # a scale tensor: ``rpartition(".")[2] in SCALE_SUFFIXES`` (ends with ".<suffix>", or is a bare suffix)
+    endings = tuple("." + s for s in SCALE_SUFFIXES)
+    names = ckpt.columns.names
+    if known is not None:
+        # none is orphaned when there are as many scale tensors as views own: count, do not list
+        scales = sum(map(str.endswith, names, repeat(endings))) + len(set(SCALE_SUFFIXES) & _tensor_positions(ckpt).keys())
+        owned_scales = sum(map(str.endswith, known, repeat(endings))) + sum(map(known.count, SCALE_SUFFIXES))
+        if scales == owned_scales:
+            return []
     owned = {v.scale for v in views if v.scale}
-    orphans = [n for n in ckpt.tensors if n.rpartition(".")[2] in SCALE_SUFFIXES and n not in owned]
+    orphans = [n for n in names if n.rpartition(".")[2] in SCALE_SUFFIXES and n not in owned]
     if not orphans:
         return []
     return [Finding("warning", "config", "orphan-scale",

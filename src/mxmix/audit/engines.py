@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxmix.audit.findings import Finding
-from mxmix.rules.decision import ERROR, KEEP
+from mxmix.rules.column import Column
+from mxmix.rules.decision import ERROR, KEEP, QUANTIZE
 from mxmix.rules.engines import get_engine
 from mxmix.rules.plan import Plan
 
@@ -57,25 +58,27 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
     verdicts: list[EngineVerdict] = []
     if not plan.quant_method:
         return findings, verdicts   # no quantization_config: engines load everything unquantized (config check)
-    paths = [row.module.path for row in plan.rows]
-    stored_quantized = [row.module.quantized for row in plan.rows]
+    row_paths = plan.paths
+    quantized = plan.quantized
+    bf16_rows = [i for i, q in enumerate(quantized) if not q]
     for engine in engines:
         info = get_engine(engine)
         applies = plan.dialect in info.dialects
-        keeps, quantizes, raises = [], [], []
+        keep_rows, quantize_rows, error_rows = misread_rows(plan.column(engine), quantized, bf16_rows)
+        keeps = [row_paths[i] for i in keep_rows]
+        quantizes = [row_paths[i] for i in quantize_rows]
+        raises = [row_paths[i] for i in error_rows]
         reasons: dict[str, list[str]] = {}
-        for path, quantized, d in zip(paths, stored_quantized, plan.column(engine)):
-            outcome = d.decision
-            if outcome == KEEP:
-                if quantized:
-                    keeps.append(path)
-            elif outcome == ERROR:
-                raises.append(path)
-                # one finding per kind of error, not per layer: numbers in the reason are abstracted
-                group = reasons.setdefault(_NUMBERS.sub("N", d.reason), [d.reason])
-                group.append(path)
-            elif not quantized:
-                quantizes.append(path)
+        column = plan.column(engine)
+        abstract: dict[str, str] = {}
+        for i in error_rows:
+            reason = column[i].reason
+            # one finding per kind of error, not per layer: numbers in the reason are abstracted
+            key = abstract.get(reason)
+            if key is None:
+                key = abstract[reason] = _NUMBERS.sub("N", reason)
+            group = reasons.setdefault(key, [reason])
+            group.append(row_paths[i])
         # stacked experts: two weights (gate_up, down) under one FusedMoE path
         keeps, quantizes, raises = (list(dict.fromkeys(x)) for x in (keeps, quantizes, raises))
         verdicts.append(EngineVerdict(engine, info.version, applies, len(plan.skip_lists.get(engine, [])),
@@ -106,12 +109,46 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
                 f"{scope} would quantize these modules (expects FP8 + scales), but they are stored BF16",
                 "It finds no scale tensors: loading fails, or the layers meant to stay BF16 are quantized "
                 "after all, silently costing accuracy.", tuple(quantizes), engine=engine, details=detail))
-        for example, *paths in reasons.values():
-            paths = list(dict.fromkeys(paths))
-            eg = "" if len(paths) == 1 else "e.g. "
+        for example, *members in reasons.values():
+            members = list(dict.fromkeys(members))
+            eg = "" if len(members) == 1 else "e.g. "
             findings.append(Finding(
                 severity, "engine", "engine-raises",
                 f"{scope} raises on these modules: {eg}{example}",
-                "Model loading stops with this error; nothing is served.", tuple(paths), engine=engine,
+                "Model loading stops with this error; nothing is served.", tuple(members), engine=engine,
                 details=detail))
     return findings, verdicts
+
+
+def misread_rows(column: Column, quantized: Sequence[bool], bf16_rows: Sequence[int]
+                 ) -> tuple[list[int], list[int], list[int]]:
+    """Rows (ascending) that ``column`` keeps while stored quantized, quantizes while stored BF16
+    (``bf16_rows``: the rows not ``quantized``), and errors on.
+
+    Works on the column's decided paths and the stored-BF16 rows only: the other rows answer the
+    quiet verdict, which misreads nothing unless it keeps or errors (then every row is looked at)."""
+    found = column.found
+    quiet = column.quiet
+    if quiet is not None and quiet[0] != QUANTIZE:
+        outcomes = column.outcomes()
+        return ([i for i, (o, q) in enumerate(zip(outcomes, quantized)) if o == KEEP and q],
+                [i for i, (o, q) in enumerate(zip(outcomes, quantized)) if o == QUANTIZE and not q],
+                [i for i, o in enumerate(outcomes) if o == ERROR])
+    rows_of = column.rows_of()
+    keep_rows: list[int] = []
+    error_rows: list[int] = []
+    for p, d in found.items():
+        outcome = d[2]
+        if outcome == KEEP:
+            keep_rows += [i for i in rows_of[p] if quantized[i]]
+        elif outcome == ERROR:
+            error_rows += rows_of[p]
+    asked = column.asked
+    get = found.get
+    quantize_rows = [i for i in bf16_rows if (get(asked[i]) or _QUIET)[2] == QUANTIZE]
+    keep_rows.sort()
+    error_rows.sort()
+    return keep_rows, quantize_rows, error_rows
+
+
+_QUIET = ("", "", QUANTIZE)

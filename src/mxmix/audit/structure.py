@@ -19,6 +19,53 @@ _SHARD_OF = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard i
 
 
 def check_structure(views: Sequence[ModuleView]) -> list[Finding]:
+    """Findings for fused shards and FusedMoE experts stored in different precisions.
+
+    One pass finds whether any group mixes precisions (first precision per group, compared); only
+    then are the groups' members collected (``_mixed_groups``), so a clean checkpoint costs one
+    dict lookup or two per module."""
+    first_fused: dict[tuple[str, str], str] = {}
+    first_moe: dict[str, str] = {}
+    moe_of_parent: dict[str, str | None] = {}
+    mixed = False
+    shard_of = _SHARD_OF
+    for v in views:
+        path, precision = v.path, v.precision
+        if v.stacked:
+            moe: str | None = path
+        else:
+            parent, _, last = path.rpartition(".")
+            fused = shard_of.get(last)
+            if fused is not None and first_fused.setdefault((parent, fused), precision) != precision:
+                mixed = True
+                break
+            if v.expert is None:
+                continue
+            if last == "experts":
+                moe = path
+            else:
+                moe = moe_of_parent.get(parent, "")
+                if moe == "":
+                    moe = moe_of_parent[parent] = _moe_of_parent(parent)
+                if moe is None:
+                    continue
+        if first_moe.setdefault(moe, precision) != precision:
+            mixed = True
+            break
+    return _mixed_groups(views) if mixed else []
+
+
+def _moe_of_parent(parent: str) -> str | None:
+    """``_moe_module`` of a non-stacked expert view whose path is ``parent.<last>``, last != "experts"."""
+    parts = parent.split(".")
+    if "experts" not in parts:
+        return None
+    k = len(parts) - 1 - parts[::-1].index("experts")
+    return ".".join(parts[:k + 1])
+
+
+def _mixed_groups(views: Sequence[ModuleView]) -> list[Finding]:
+    """The findings, with every member of each mixed group (the reference definition)."""
     fused_groups: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     moe_groups: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for v in views:

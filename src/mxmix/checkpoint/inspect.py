@@ -6,9 +6,10 @@ so both always agree on what "stored MXFP8" means.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -37,6 +38,7 @@ class ModuleView(NamedTuple):
     """One Linear module as stored: its weight, its companions, and the precision they add up to.
 
     A named tuple (10^5 of them for a large MoE checkpoint; a frozen dataclass costs 5x more to build).
+    ``companions`` dicts are read-only: views with equal companions may share one.
     """
 
     path: str
@@ -111,53 +113,91 @@ def module_views(ckpt: Checkpoint, mods: Sequence[Any] | None = None) -> list[Mo
     For the checkpoint's own ``linear_modules`` (``mods`` None, or those very objects in that order) the
     views are computed once per opened checkpoint and shared (a fresh list each call).
     """
-    from mxmix.checkpoint.modules import linear_modules
+    from mxmix.checkpoint.modules import linear_table
 
-    own = linear_modules(ckpt)
-    if mods is None or (len(mods) == len(own) and all(map(operator.is_, mods, own))):
-        return list(ckpt.derived("module_views", lambda: _module_views(ckpt, own)))
-    return _module_views(ckpt, mods)
+    table = linear_table(ckpt)
+    own = table.modules
+    with _gc_paused(promote=True):   # 10^5 views: see _gc_paused
+        if mods is None or (len(mods) == len(own) and all(map(operator.is_, mods, own))):
+            return list(ckpt.derived("module_views", lambda: _module_views(ckpt, own, table.weight_rows,
+                                                                          table.scale_rows)))
+        return _module_views(ckpt, mods)
 
 
-def _module_views(ckpt: Checkpoint, mods: Sequence[Any]) -> list[ModuleView]:
-    tensors = ckpt.tensors
-    # any other "<m>.<x>" tensor (input_scale, bias, ...): scan only what is neither weight nor scale
-    weights = [m.weight for m in mods]
-    owner_of_prefix = {w[:-7]: w for w in weights if w.endswith(".weight")}
-    rest = tensors.keys() - set(weights) - {m.scale for m in mods if m.scale}
-    extra: dict[str, list[tuple[str, str, tuple[int, ...], int]]] = {}
+def _module_views(ckpt: Checkpoint, mods: Sequence[Any], weight_rows: list[int] | None = None,
+                  scale_rows: list[int] | None = None) -> list[ModuleView]:
+    """Views of ``mods``; ``weight_rows``/``scale_rows`` (their tensors' rows in ``ckpt.columns``,
+    -1 for no scale) when already known. Equal companion sets share one (read-only) dict: 10^5
+    identical {"weight_scale_inv": ("U8", shape)} are one object."""
+    from mxmix.checkpoint.modules import LinearModule, stored_precision
+
+    cols = ckpt.columns
+    names, dtypes, shapes, nbytes = cols
+    if all(type(m) is LinearModule for m in mods):
+        records: Sequence[Any] = mods                       # fields read by position
+        precisions = None
+    else:                                                   # any objects with LinearModule's attributes
+        records = list(map(_MODULE_FIELDS, mods))
+        precisions = [m.precision for m in mods]
+    if weight_rows is None or scale_rows is None:
+        row_of = ckpt.row_of
+        weight_rows = [row_of[m[1]] for m in records]
+        scale_rows = [row_of.get(m[6], -1) if m[6] else -1 for m in records]
+    # any other "<m>.<x>" tensor (input_scale, bias, ...) of a "<m>.weight" module: scan only what is
+    # neither a weight nor a scale
+    taken = bytearray(len(names) + 1)                        # the extra slot absorbs scale row -1
+    taken_by_weight = bytearray(len(names) + 1)
+    for marks, rows in ((taken_by_weight, weight_rows), (taken, weight_rows), (taken, scale_rows)):
+        deque(map(marks.__setitem__, rows, itertools.repeat(1)), maxlen=0)   # C-level marking
+    extra: dict[int, list[tuple[str, int]]] = {}
+    rest = itertools.compress(names, map(operator.not_, taken[:-1]))
     for name in sorted(rest):
         prefix, _, suffix = name.rpartition(".")
-        owner = owner_of_prefix.get(prefix)
-        if owner is not None:
-            info = tensors[name].info
-            extra.setdefault(owner, []).append((suffix, info.dtype, info.shape, info.end - info.begin))
+        owner = ckpt.row_of.get(prefix + ".weight")
+        if owner is not None and taken_by_weight[owner]:
+            extra.setdefault(owner, []).append((suffix, ckpt.row_of[name]))
     out = []
     append = out.append
     new = tuple.__new__
     sizes = DTYPE_SIZES      # params from the byte count: validated equal to the shape's product, and O(1)
     no_companions: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for m, w in zip(mods, weights):
-        info = tensors[w].info
-        nbytes = info.end - info.begin
-        scale = m.scale
-        comps = no_companions
-        comp_bytes = 0
-        if scale and scale in tensors:       # the scale: known per module, no scan needed
-            sinfo = tensors[scale].info
-            comps = {scale.rpartition(".")[2]: (sinfo.dtype, sinfo.shape)}
-            comp_bytes = sinfo.end - sinfo.begin
-        more = extra.get(w) if extra else None
-        if more:
-            if comps is no_companions:
-                comps = {}
-            for suffix, dtype, shape, size in more:
-                comps[suffix] = (dtype, shape)
-                comp_bytes += size
-        append(new(ModuleView, (
-            m.path, m.kind, m.layer, m.expert, m.stacked, w, info.dtype, info.shape, m.precision, scale,
-            comps, nbytes // sizes[info.dtype], nbytes + comp_bytes)))
+    shared: dict[tuple[str, str, tuple[int, ...]], dict[str, tuple[str, tuple[int, ...]]]] = {}
+    precision_of: dict[tuple[str, str | None, bool], str] = {}
+    for k, (path, w, m_dtype, _, layer, kind, scale, stacked, expert, scale_dtype) in enumerate(records):
+        if precisions is None:
+            key = (m_dtype, scale_dtype, scale is not None)
+            precision = precision_of.get(key)
+            if precision is None:
+                precision = precision_of[key] = stored_precision(*key)
+        else:
+            precision = precisions[k]
+        i = weight_rows[k]
+        size = nbytes[i]
+        dtype = dtypes[i]
+        j = scale_rows[k]
+        if j < 0:
+            comps = no_companions
+            comp_bytes = 0
+        else:
+            comp = (scale.rpartition(".")[2], dtypes[j], shapes[j])
+            comps = shared.get(comp)   # type: ignore[assignment]
+            if comps is None:
+                comps = shared[comp] = {comp[0]: comp[1:]}
+            comp_bytes = nbytes[j]
+        if extra:
+            more = extra.get(i)
+            if more:
+                comps = dict(comps)      # this module's own dict
+                for suffix, r in more:
+                    comps[suffix] = (dtypes[r], shapes[r])
+                    comp_bytes += nbytes[r]
+        append(new(ModuleView, (path, kind, layer, expert, stacked, w, dtype, shapes[i], precision, scale,
+                                comps, size // sizes[dtype], size + comp_bytes)))
     return out
+
+
+_MODULE_FIELDS = operator.attrgetter("path", "weight", "dtype", "shape", "layer", "kind", "scale", "stacked",
+                                     "expert", "scale_dtype")
 
 
 def layer_summary(modules: Sequence[ModuleView]) -> list[dict[str, Any]]:
@@ -167,8 +207,10 @@ def layer_summary(modules: Sequence[ModuleView]) -> list[dict[str, Any]]:
     """
     per_layer: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     # distinct (layer, kind, precision) first: one set comprehension over 10^5 modules, then ~10^2 adds
-    for layer, kind, precision in {(m.layer, m.kind, m.precision) for m in modules if m.layer is not None}:
-        per_layer[layer][kind].add(precision)
+    distinct = set(zip(map(_LAYER, modules), map(_KIND, modules), map(_PRECISION, modules)))
+    for layer, kind, precision in distinct:
+        if layer is not None:
+            per_layer[layer][kind].add(precision)
     runs: list[dict[str, Any]] = []
     for layer in sorted(per_layer):
         kinds = {k: (next(iter(v)) if len(v) == 1 else "mixed") for k, v in sorted(per_layer[layer].items())}
@@ -177,6 +219,10 @@ def layer_summary(modules: Sequence[ModuleView]) -> list[dict[str, Any]]:
         else:
             runs.append({"first": layer, "last": layer, "kinds": kinds})
     return runs
+
+
+_LAYER = operator.attrgetter("layer")
+_KIND = operator.attrgetter("kind")
 
 
 def skip_key_values(ckpt: Checkpoint) -> dict[str, Any]:
@@ -220,47 +266,47 @@ def checkpoint_dialect(ckpt: Checkpoint) -> str:
 
 def inspect_checkpoint(ckpt: Checkpoint, modules: Sequence[ModuleView] | None = None) -> InspectSummary:
     """Summarise ``ckpt`` (already opened: headers only)."""
-    with _gc_paused():   # ~10^5 small acyclic objects; cyclic GC passes would only cost time
+    with _gc_paused(promote=True):   # ~10^5 small acyclic objects, kept with the checkpoint
         return _inspect(ckpt, modules)
 
 
 def _inspect(ckpt: Checkpoint, modules: Sequence[ModuleView] | None) -> InspectSummary:
     views = list(modules) if modules is not None else module_views(ckpt)
+    cols = ckpt.columns
+    dtypes, nbytes = cols.dtypes, cols.nbytes
     by_dtype: dict[str, dict[str, int]] = {}
-    for loc in ckpt.tensors.values():
-        info = loc.info
-        row = by_dtype.get(info.dtype)
-        if row is None:
-            row = by_dtype[info.dtype] = {"tensors": 0, "params": 0, "bytes": 0}
-        row["tensors"] += 1
-        row["bytes"] += info.end - info.begin
-    for dtype, row in by_dtype.items():
-        row["params"] = row["bytes"] // DTYPE_SIZES[dtype]
-    # per precision: [modules, params, bytes]; plain locals and lists, 10^5 modules
-    acc: dict[str, list[int]] = {}
-    linear_bytes = linear_params_all = linear_companion_params = 0
-    prod = math.prod
-    for m in views:
-        a = acc.get(m.precision)
-        if a is None:
-            a = acc[m.precision] = [0, 0, 0]
-        a[0] += 1
-        a[1] += m.params
-        a[2] += m.nbytes
-        linear_bytes += m.nbytes
-        linear_params_all += m.params
-        for _, shape in m.companions.values():
-            linear_companion_params += prod(shape)
-    linear = {k: {"modules": acc[k][0], "params": acc[k][1], "bytes": acc[k][2]}
-              for k in sorted(acc, key=_precision_rank)}
+    # whole-list sums per distinct value (a handful of dtypes and precisions over 10^5 tensors)
+    for dtype in sorted(set(dtypes)):
+        mask = list(map(dtype.__eq__, dtypes))
+        size = sum(itertools.compress(nbytes, mask))
+        by_dtype[dtype] = {"tensors": sum(mask), "params": size // DTYPE_SIZES[dtype], "bytes": size}
+    precisions = list(map(_PRECISION, views))
+    params = list(map(_PARAMS, views))
+    sizes = list(map(_NBYTES, views))
+    linear = {}
+    for precision in sorted(set(precisions), key=_precision_rank):
+        mask = list(map(precision.__eq__, precisions))
+        linear[precision] = {"modules": sum(mask), "params": sum(itertools.compress(params, mask)),
+                             "bytes": sum(itertools.compress(sizes, mask))}
+    linear_bytes = sum(sizes)
+    linear_params_all = sum(params)
+    linear_companion_params = sum(map(math.prod, map(_SECOND, itertools.chain.from_iterable(
+        map(dict.values, map(_COMPANIONS, views))))))
     total_params = sum(r["params"] for r in by_dtype.values())
     total_bytes = sum(r["bytes"] for r in by_dtype.values())
     qc = ckpt.quantization_config
     return InspectSummary(
         root=str(ckpt.root), dialect=checkpoint_dialect(ckpt), quant_method=qc.get("quant_method"),
-        shards=len(ckpt.headers), tensors=len(ckpt.tensors), modules=views, by_dtype=dict(sorted(by_dtype.items())),
+        shards=len(ckpt.headers), tensors=len(cols.names), modules=views, by_dtype=by_dtype,
         linear_by_precision=linear, other_params=total_params - linear_params_all - linear_companion_params,
         other_bytes=total_bytes - linear_bytes, layers=layer_summary(views), skip_keys=skip_key_values(ckpt))
+
+
+_PRECISION = operator.attrgetter("precision")
+_PARAMS = operator.attrgetter("params")
+_NBYTES = operator.attrgetter("nbytes")
+_COMPANIONS = operator.attrgetter("companions")
+_SECOND = operator.itemgetter(1)
 
 
 def _numel(shape: Sequence[int]) -> int:

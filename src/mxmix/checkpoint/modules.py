@@ -13,8 +13,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.checkpoint.safetensors_header import FLOAT_DTYPES, FP8_DTYPES, _gc_paused
@@ -30,9 +29,12 @@ _DIGITS = re.compile(r"(\d+)")
 _HAS_DIGIT = re.compile(r"\d")
 
 
-@dataclass(frozen=True)
-class LinearModule:
-    """One Linear weight: ``path`` is the runtime module (``…mlp.experts`` for stacked experts)."""
+class LinearModule(NamedTuple):
+    """One Linear weight: ``path`` is the runtime module (``…mlp.experts`` for stacked experts).
+
+    A named tuple (immutable, compared and hashed by value like the frozen dataclass it replaced):
+    10^5 of them are built per large MoE checkpoint, straight from tuples.
+    """
 
     path: str
     weight: str
@@ -48,12 +50,7 @@ class LinearModule:
     @property
     def precision(self) -> str:
         """What is stored: "mxfp8" (E4M3 + E8M0 block scales), "fp8" (other FP8), else the dtype ("bf16")."""
-        if self.dtype == "F8_E4M3" and (self.scale_dtype in MX_SCALE_DTYPES or (self.scale_dtype is None
-                                        and self.scale is not None)):
-            return "mxfp8"
-        if self.dtype in FP8_DTYPES:
-            return "fp8"
-        return self.dtype.lower()
+        return stored_precision(self.dtype, self.scale_dtype, self.scale is not None)
 
     @property
     def quantized(self) -> bool:
@@ -63,6 +60,15 @@ class LinearModule:
         return {"path": self.path, "weight": self.weight, "dtype": self.dtype, "shape": list(self.shape),
                 "layer": self.layer, "kind": self.kind, "scale": self.scale, "stacked": self.stacked,
                 "expert": self.expert, "precision": self.precision}
+
+
+def stored_precision(dtype: str, scale_dtype: str | None, has_scale: bool) -> str:
+    """``LinearModule.precision`` from the three fields it depends on (bulk readers memoise it)."""
+    if dtype == "F8_E4M3" and (scale_dtype in MX_SCALE_DTYPES or (scale_dtype is None and has_scale)):
+        return "mxfp8"
+    if dtype in FP8_DTYPES:
+        return "fp8"
+    return dtype.lower()
 
 
 def natural_key(name: str) -> tuple[Any, ...]:
@@ -150,40 +156,67 @@ def linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
 
     Computed once per opened checkpoint (``Checkpoint.derived``): inspect, plan and audit on one open
     share it. The list is a fresh copy; the (frozen) modules are shared."""
-    return list(ckpt.derived("linear_modules", lambda: _build_linear_modules(ckpt)))
+    return list(linear_table(ckpt).modules)
 
 
-def _build_linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
-    with _gc_paused():  # ~10^5 small acyclic objects: cyclic GC passes over them only cost time
+class LinearTable(NamedTuple):
+    """``linear_modules`` with, per module, the rows (in ``Checkpoint.columns``) of its weight and of
+    its scale (-1: none), so that module views need no name lookups."""
+
+    modules: list[LinearModule]
+    weight_rows: list[int]
+    scale_rows: list[int]
+
+
+def linear_table(ckpt: Checkpoint) -> LinearTable:
+    """The checkpoint's ``LinearTable``, computed once per opened checkpoint (see ``linear_modules``)."""
+    return ckpt.derived("linear_modules", lambda: _build_linear_modules(ckpt))
+
+
+def _build_linear_modules(ckpt: Checkpoint) -> LinearTable:
+    with _gc_paused(promote=True):  # ~10^5 small acyclic objects, kept with the checkpoint
         return _linear_modules(ckpt)
 
 
-def _linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
-    # One pass over ~10^5 names: string tests before any split, the decoder layer memoised per parent
-    # path, and modules built straight into their __dict__ (a frozen dataclass's __init__ costs 2x).
-    tensors = ckpt.tensors
+def _linear_modules(ckpt: Checkpoint) -> LinearTable:
+    # One pass over the checkpoint's columns (no per-tensor objects): string tests before any split,
+    # per-parent facts and per-component sort texts memoised, modules built straight from tuples,
+    # then one sort on plain strings ordered like natural_key.
+    cols = ckpt.columns
+    dtypes = cols.dtypes
+    row_of = ckpt.row_of
     weight_dtypes = _WEIGHT_DTYPES
-    new = object.__new__
-    by_parent: dict[str, tuple[int | None, int | None, str | None]] = {}
-    out: list[LinearModule] = []
-    append = out.append
-    for name, loc in tensors.items():
-        info = loc.info
-        dtype = info.dtype
+    new = tuple.__new__
+    paths = _PathFacts()
+    facts_of = paths.facts
+    known_parents = paths.memo
+    tails: dict[str, str | None] = {}               # last component -> its sort-text tail; None: not Linear
+    rows: list[LinearModule] = []
+    keys: list[str] = []
+    weight_rows: list[int] = []
+    scale_rows: list[int] = []
+    append = rows.append
+    append_key = keys.append
+    append_weight = weight_rows.append
+    append_scale = scale_rows.append
+    for name, dtype, shape, i in zip(cols.names, dtypes, cols.shapes, itertools.count()):
         if dtype not in weight_dtypes:
             continue
-        shape = info.shape
         ndim = len(shape)
         if ndim == 2 and name.endswith(".weight"):
             module = name[:-7]
-            parent, _, last = module.rpartition(".")
-            if last in EMBEDDING_NAMES or "embed" in last or "norm" in last:
+            parent, dot, last = module.rpartition(".")
+            tail = tails.get(last, "")
+            if tail == "":
+                tail = tails[last] = (None if last in EMBEDDING_NAMES or "embed" in last or "norm" in last
+                                      else "." + paths.component(last) + ".weight")
+            if tail is None:
                 continue
-            facts = by_parent.get(parent)
+            facts = known_parents.get(parent)
             if facts is None:
-                facts = by_parent[parent] = _parent_facts(parent)
-            layer, expert, kind_prefix = facts
-            if layer is None and parent and last.isdigit() and parent.rpartition(".")[2] in LAYER_CONTAINERS:
+                facts = facts_of(parent)
+            layer, expert, kind_prefix, in_container, parent_key = facts
+            if layer is None and in_container and last.isdigit():
                 layer = int(last)
             if kind_prefix is None or last == "experts":
                 kind = last
@@ -197,47 +230,123 @@ def _linear_modules(ckpt: Checkpoint) -> list[LinearModule]:
             else:
                 kind = kind_prefix + last
             scale = module + ".weight_scale_inv"
-            if scale not in tensors:
+            j = row_of.get(scale)
+            if j is None:
                 scale = module + ".weight_scale"
-                if scale not in tensors:
-                    scale = None
-            m = new(LinearModule)
-            d = m.__dict__
-            d["path"] = module
-            d["weight"] = name
-            d["dtype"] = dtype
-            d["shape"] = tuple(shape)
-            d["layer"] = layer
-            d["kind"] = kind
-            d["scale"] = scale
-            d["stacked"] = False
-            d["expert"] = expert
-            d["scale_dtype"] = tensors[scale].info.dtype if scale else None
-            append(m)
-        elif ndim == 3 and "experts" in name:
-            parts = name.split(".")
-            if len(parts) < 2 or "experts" not in parts[:-1]:
-                continue
-            # stacked experts: <p>.experts.<proj>[.weight]
-            tail = parts[-1]
-            if tail == "weight":
-                k = len(parts) - 2
-                proj = parts[-2]
+                j = row_of.get(scale)
+            if j is None:
+                append(new(LinearModule, (module, name, dtype, shape, layer, kind, None, False, expert, None)))
+                append_scale(-1)
             else:
-                k = len(parts) - 1
-                proj = tail
-            if parts[k - 1] != "experts" or proj.endswith(STACKED_SUFFIXES) or "bias" in proj:
-                continue
-            module = ".".join([*parts[:k - 1], "experts"])
-            candidates = ([f"{name[:-len('.weight')]}.weight_scale_inv", f"{name[:-len('.weight')]}.weight_scale"]
-                          if tail == "weight" else [f"{name}_scale_inv", f"{name}_scale"])
-            scale = next((c for c in candidates if c in tensors), None)
-            append(LinearModule(module, name, dtype, tuple(shape), layer_index(parts[:k]),
-                                f"experts.{proj}", scale, True, None,
-                                tensors[scale].info.dtype if scale else None))
-    keys = natural_keys([m.weight for m in out])
-    order = sorted(range(len(out)), key=keys.__getitem__)
-    return [out[i] for i in order]
+                append(new(LinearModule, (module, name, dtype, shape, layer, kind, scale, False, expert, dtypes[j])))
+                append_scale(j)
+            append_weight(i)
+            append_key(parent_key + tail if dot else tail[1:])
+        elif ndim == 3 and "experts" in name:
+            stacked = _stacked_module(name, dtype, shape, row_of, dtypes)
+            if stacked is not None:
+                append(stacked)
+                append_weight(i)
+                append_scale(row_of[stacked.scale] if stacked.scale else -1)
+                append_key(paths.text(name))
+    if paths.unusual:        # a name with a character the sort texts use as a marker
+        keys = natural_keys([m.weight for m in rows])   # type: ignore[assignment]
+    order = sorted(range(len(rows)), key=keys.__getitem__)
+    return LinearTable(list(map(rows.__getitem__, order)), list(map(weight_rows.__getitem__, order)),
+                       list(map(scale_rows.__getitem__, order)))
+
+
+def _stacked_module(name: str, dtype: str, shape: tuple[int, ...], row_of: dict[str, int],
+                    dtypes: list[str]) -> LinearModule | None:
+    """A 3-D stacked-experts tensor ``<p>.experts.<proj>[.weight]`` as its FusedMoE module, else None."""
+    parts = name.split(".")
+    if len(parts) < 2 or "experts" not in parts[:-1]:
+        return None
+    tail = parts[-1]
+    if tail == "weight":
+        k = len(parts) - 2
+        proj = parts[-2]
+    else:
+        k = len(parts) - 1
+        proj = tail
+    if parts[k - 1] != "experts" or proj.endswith(STACKED_SUFFIXES) or "bias" in proj:
+        return None
+    module = ".".join([*parts[:k - 1], "experts"])
+    candidates = ([f"{name[:-len('.weight')]}.weight_scale_inv", f"{name[:-len('.weight')]}.weight_scale"]
+                  if tail == "weight" else [f"{name}_scale_inv", f"{name}_scale"])
+    scale = next((c for c in candidates if c in row_of), None)
+    return LinearModule(module, name, dtype, tuple(shape), layer_index(parts[:k]), f"experts.{proj}", scale, True,
+                        None, dtypes[row_of[scale]] if scale else None)
+
+
+def _number_text(m: re.Match[str]) -> str:
+    digits = str(int(m.group()))
+    return f"\x01{chr(0x20 + len(digits))}{digits}"
+
+
+class _PathFacts:
+    """Per module path, memoised component by component: its decoder layer, expert and kind prefix
+    (what :func:`_parent_facts` reads), whether it ends in a layer container, and its sort text.
+
+    Sort texts order like :func:`natural_key`: each digit run becomes ``\x01`` + a character for its
+    length + its digits without leading zeros. The marker sorts below every character a validated
+    tensor name holds (so a text that ends, or meets a number, where the other goes on with text
+    sorts first, as the shorter tuple item does), and numbers compare by length, then digit by digit:
+    numerically. A digit run never spans a dot, so texts compose component by component.
+    """
+
+    def __init__(self) -> None:
+        self._components: dict[str, str] = {}
+        # path -> (layer, expert, kind_prefix, ends in a layer container, sort text)
+        self.memo: dict[str, tuple[int | None, int | None, str | None, bool, str]] = {
+            "": (None, None, None, False, "")}
+        self.unusual = False      # a name held "\x00" or "\x01": callers fall back to natural_keys
+
+    def component(self, c: str) -> str:
+        text = self._components.get(c)
+        if text is None:
+            if "\x00" in c or "\x01" in c:
+                self.unusual = True
+            text = self._components[c] = _DIGITS.sub(_number_text, c) if _HAS_DIGIT.search(c) else c
+        return text
+
+    def facts(self, p: str) -> tuple[int | None, int | None, str | None, bool, str]:
+        memo = self.memo
+        head, dot, c = p.rpartition(".")
+        known = memo.get(head)
+        if known is not None and dot:      # the usual case: the parent's parent is known (one step)
+            out = memo[p] = self._extend(known, c, False)
+            return out
+        pending = []
+        while p not in memo:            # walk up to the nearest known ancestor (no recursion)
+            head, _, last = p.rpartition(".")
+            pending.append((p, last))
+            p = head
+        out = memo[p]
+        for path, c in reversed(pending):
+            out = memo[path] = self._extend(out, c, "." not in path)
+        return out
+
+    def _extend(self, facts: tuple[int | None, int | None, str | None, bool, str], c: str,
+                first: bool) -> tuple[int | None, int | None, str | None, bool, str]:
+        """The facts of ``<path>.c`` (of ``c`` alone when ``first``) from those of ``<path>``: what
+        _parent_facts reads, one component at a time."""
+        layer, expert, prefix, in_container, text = facts
+        if layer is None and in_container and c.isdigit():
+            layer = int(c)
+        if c == "experts":
+            expert, prefix = None, ""
+        elif prefix == "":
+            expert, prefix = (int(c), "experts.") if c.isdigit() else (None, None)
+        elif prefix is not None:
+            prefix = prefix + c + "."
+        ct = self._components.get(c)
+        if ct is None:
+            ct = self.component(c)
+        return layer, expert, prefix, c in LAYER_CONTAINERS, ct if first else text + "." + ct
+
+    def text(self, p: str) -> str:
+        return self.facts(p)[4]
 
 
 __all__ = ["LinearModule", "layer_index", "linear_modules", "natural_key", "natural_keys"]

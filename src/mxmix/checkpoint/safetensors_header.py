@@ -8,14 +8,17 @@ checkpoint goes through here, so a lying file fails the same way everywhere.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
+import itertools
 import json
+import math
+import operator
 import os
 import re
 import stat
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,13 +62,64 @@ class TensorInfo(NamedTuple):
         return n
 
 
-@dataclass(frozen=True)
+class HeaderColumns(NamedTuple):
+    """A header's tensors as parallel lists, in header order (what bulk readers such as `mxmix
+    inspect` scan: building 10^5 TensorInfo objects costs more than validating the header)."""
+
+    names: list[str]
+    dtypes: list[str]
+    shapes: list[tuple[int, ...]]
+    begins: list[int]
+    ends: list[int]
+
+
 class SafetensorsHeader:
-    path: Path
-    data_start: int
-    file_size: int
-    tensors: dict[str, TensorInfo]
-    metadata: dict[str, str] = field(default_factory=dict)
+    """One validated file header: ``tensors`` (name → TensorInfo) and ``columns`` (the same, as lists)
+    are two views of the same entries, each built on first use from the other."""
+
+    __slots__ = ("_columns", "_tensors", "data_start", "file_size", "metadata", "path")
+    __hash__ = None   # type: ignore[assignment]   # equality is by value (as the former frozen dataclass)
+
+    def __init__(self, path: Path, data_start: int, file_size: int, tensors: dict[str, TensorInfo] | None,
+                 metadata: dict[str, str] | None = None, *, columns: HeaderColumns | None = None) -> None:
+        if tensors is None and columns is None:
+            raise TypeError("SafetensorsHeader needs tensors or columns")
+        self.path = path
+        self.data_start = data_start
+        self.file_size = file_size
+        self.metadata = {} if metadata is None else metadata
+        self._tensors = tensors
+        self._columns = columns
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]:
+        if self._tensors is None:
+            c = self._columns
+            assert c is not None
+            self._tensors = dict(zip(c.names, map(_new_info, zip(c.names, c.dtypes, c.shapes, c.begins, c.ends))))
+        return self._tensors
+
+    @property
+    def columns(self) -> HeaderColumns:
+        if self._columns is None:
+            infos = list(self.tensors.values())
+            self._columns = HeaderColumns(*(list(map(operator.itemgetter(i), infos)) for i in range(5)))
+        return self._columns
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.path, self.data_start, self.file_size, self.tensors, self.metadata)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return (f"SafetensorsHeader(path={self.path!r}, data_start={self.data_start!r}, file_size={self.file_size!r}, "
+                f"tensors={self.tensors!r}, metadata={self.metadata!r})")
+
+
+_new_info = functools.partial(tuple.__new__, TensorInfo)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -89,14 +143,24 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def _gc_paused(*, promote: bool = False) -> Iterator[None]:
     """Parsing a header allocates ~10 objects per tensor and nothing cyclic; pausing the cyclic GC
-    meanwhile halves the time on 10^5-tensor checkpoints."""
+    meanwhile halves the time on 10^5-tensor checkpoints.
+
+    ``promote``: for bulk results that live as long as their checkpoint (10^5 modules and views),
+    move every tracked object to the oldest generation on the way out (``gc.freeze`` then
+    ``gc.unfreeze``: two list splices), so the next young collection does not walk them all
+    (measured: 20-45 ms per 5*10^4 objects). Nothing becomes uncollectable; cycles among the
+    promoted objects are found by the next full collection instead.
+    """
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if promote:
+            gc.freeze()
+            gc.unfreeze()
         if was:
             gc.enable()
 
@@ -261,43 +325,166 @@ def _tensor_infos(entries: dict[str, Any], where: str, maybe_control: bool = Tru
     return out, regular
 
 
-def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
-    """Read and fully validate one file's header; reads no tensor data."""
-    path = Path(path)
-    where = str(path)
+# One entry as safetensors writers emit it (compact, keys in the standard order): the name, the dtype and
+# shape together (few distinct values: each validated once, by _KIND), and the offsets pair.
+_ENTRY = re.compile(r'"([^"]+)":\{("dtype":"[^"]+","shape":\[[^\]]*\]),"data_offsets":\[([0-9]+,[0-9]+)\]\}')
+_NUM = r"(?:0|[1-9][0-9]*)"
+_KIND = re.compile(r'"dtype":"([A-Z0-9_]+)","shape":\[((?:' + _NUM + r"(?:," + _NUM + r")*)?)\]")
+_META_KEY = '{"__metadata__":'
+# bytes that may not appear in a fast-path header: controls (invalid raw in JSON strings, refused in
+# names), DEL (refused in names) and backslash (escapes: the raw text would not be the string's value)
+_ODD_BYTES = bytes(range(0x20)) + b"\x7f\\"
+
+
+def fast_columns(raw: bytes) -> tuple[HeaderColumns, dict[str, str]] | None:
+    """The usual header, parsed and fully validated with one regex split and whole-list operations;
+    None for anything else, which :func:`read_entries` then parses (or refuses with its message).
+
+    Only headers whose tensors lie back to back in header order are taken (what writers emit). Why
+    this is sound: the split proves the text is exactly ``{`` [``"__metadata__":`` M ``,``] E (``,`` E)*
+    ``}`` plus spaces, with M strictly parsed on its own (duplicate keys refused) and each E an entry
+    whose name holds no quote, escape or control character, whose dtype and shape match ``_KIND``
+    (JSON integers >= 0) and whose offsets are two digit runs equal to the running sum of the sizes
+    (so canonical integers, contiguous from 0). Names are checked distinct; 10^5 entries cost about
+    half of what ``json.loads`` alone does.
+    """
+    if len(raw.translate(None, _ODD_BYTES)) != len(raw):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    parts = _ENTRY.split(text)
+    n = len(parts) // 4
+    if not n or parts[-1].rstrip(" ") != "}" or parts[4:-1:4].count(",") != n - 1:
+        return None
+    head = parts[0]
+    meta: Any = {}
+    if head != "{":
+        if not head.startswith(_META_KEY) or head[-1] != ",":
+            return None
+        meta = _metadata(head[len(_META_KEY):-1])
+        if meta is None:
+            return None
+    names, kinds, offsets = parts[1::4], parts[2::4], parts[3::4]
+    unique = set(names)
+    if len(unique) != n or "__metadata__" in unique:
+        return None
+    sizes = DTYPE_SIZES
+    kind_of: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    try:   # int()/str() refuse numbers over the interpreter's digit limit: leave those to json
+        for k in set(kinds):
+            m = _KIND.fullmatch(k)
+            if m is None or m[1] not in sizes:
+                return None
+            shape = tuple(map(int, m[2].split(","))) if m[2] else ()
+            kind_of[k] = (m[1], shape, math.prod(shape) * sizes[m[1]])
+        rows = list(map(kind_of.__getitem__, kinds))
+        ends = list(itertools.accumulate(map(_THIRD, rows)))
+        end_texts = list(map(str, ends))
+    except ValueError:
+        return None
+    # offsets "b,e" against the expected "0,e0", "e0,e1", ...: one comma in each, so comparing the
+    # comma-joined texts compares every pair
+    flat = [""] * (2 * n)
+    flat[0::2] = ["0", *end_texts[:-1]]
+    flat[1::2] = end_texts
+    if ",".join(flat) != ",".join(offsets):
+        return None
+    begins = ends[:-1]
+    begins.insert(0, 0)
+    return HeaderColumns(names, list(map(_FIRST, rows)), list(map(_SECOND, rows)), begins, ends), meta
+
+
+_META_SEEN: dict[str, dict[str, str]] = {}
+
+
+def _metadata(text: str) -> dict[str, str] | None:
+    """A strictly parsed ``__metadata__`` object of strings (a fresh dict), else None; the shards of
+    one checkpoint mostly repeat the same one, so short texts are remembered."""
+    meta = _META_SEEN.get(text)
+    if meta is None:
+        try:
+            meta = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return None
+        if type(meta) is not dict or not all(type(k) is str and type(v) is str for k, v in meta.items()):
+            return None
+        if len(text) <= 256 and len(_META_SEEN) < 64:
+            _META_SEEN[text] = dict(meta)
+        return meta
+    return dict(meta)
+
+
+_FIRST, _SECOND, _THIRD = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
+
+
+def _read_header_bytes(path: Path, where: str) -> tuple[int, int, bytes]:
+    """(header length, file size, header bytes), every bound checked before anything is allocated."""
     try:
         # O_NONBLOCK: a FIFO planted as a shard must not hang us at open(); it is refused below.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise CheckpointError(f"{where}: cannot read ({exc.strerror or exc})") from None
     try:
-        with open(fd, "rb", closefd=True) as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise CheckpointError(f"{where}: not a regular file")
-            size = st.st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{where}: truncated (shorter than the 8-byte header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES:
-                raise CheckpointError(f"{where}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-            if 8 + n > size:
-                raise CheckpointError(f"{where}: truncated (header claims {n} bytes, file has {size - 8})")
-            raw = f.read(n)
-            if len(raw) != n:
-                raise CheckpointError(f"{where}: truncated while reading the header")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{where}: not a regular file")
+        size = st.st_size
+        head = _read_exactly(fd, 8)
+        if len(head) < 8:
+            raise CheckpointError(f"{where}: truncated (shorter than the 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{where}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+        if 8 + n > size:
+            raise CheckpointError(f"{where}: truncated (header claims {n} bytes, file has {size - 8})")
+        raw = _read_exactly(fd, n)
+        if len(raw) != n:
+            raise CheckpointError(f"{where}: truncated while reading the header")
     except OSError as exc:
         raise CheckpointError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    tensors, meta = read_entries(raw, where)
+    finally:
+        os.close(fd)
+    return n, size, raw
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at end of file); plain os.read, no buffered file object."""
+    data = os.read(fd, n)
+    if len(data) == n or not data:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and fully validate one file's header; reads no tensor data."""
+    path = Path(path)
+    where = str(path)
+    n, size, raw = _read_header_bytes(path, where)
     data_len = size - 8 - n
+    fast = fast_columns(raw)
+    if fast is not None:
+        columns, meta = fast
+        _check_end(where, columns.ends[-1], data_len)
+        return SafetensorsHeader(path, 8 + n, size, None, meta, columns=columns)
+    tensors, meta = read_entries(raw, where)
     expected = 0
     for info in tensors.values():        # writers lay tensors out in header order: check that first
         if info.begin != expected:
             break
         expected = info.end
     else:
-        return _checked_end(path, n, size, tensors, meta, expected, data_len)
+        _check_end(where, expected, data_len)
+        return SafetensorsHeader(path, 8 + n, size, tensors, meta)
     expected = 0
     for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
         if info.begin < expected:
@@ -305,18 +492,16 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         if info.begin > expected:
             raise CheckpointError(f"{where}: gap in the data before tensor {info.name!r}")
         expected = info.end
-    return _checked_end(path, n, size, tensors, meta, expected, data_len)
+    _check_end(where, expected, data_len)
+    return SafetensorsHeader(path, 8 + n, size, tensors, meta)
 
 
-def _checked_end(path: Path, n: int, size: int, tensors: dict[str, TensorInfo], meta: dict[str, str],
-                 expected: int, data_len: int) -> SafetensorsHeader:
-    where = str(path)
+def _check_end(where: str, expected: int, data_len: int) -> None:
     if expected > data_len:
         raise CheckpointError(
             f"{where}: truncated (tensor data needs {expected} bytes, file holds {data_len})")
     if expected < data_len:
         raise CheckpointError(f"{where}: {data_len - expected} unexplained bytes after the last tensor")
-    return SafetensorsHeader(path, 8 + n, size, tensors, meta)
 
 
 def torch_dtype(dtype: str) -> Any:

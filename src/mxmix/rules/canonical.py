@@ -33,7 +33,7 @@ from mxmix.rules.primitives import (
     glob_literal_prefix,
     regex_literal_prefix,
 )
-from mxmix.rules.reading import PathReading, Verdict, ends_component, quiet_unless
+from mxmix.rules.reading import PathReading, Verdict, quiet_unless
 
 GLOB_CHARS = frozenset("*?[")
 # Children a FusedMoE module stands for: per-expert projections and stacked 3-D tensors.
@@ -182,7 +182,7 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
 
         def candidates(paths: Sequence[str]) -> set[int] | None:
             found = needles.candidates(paths)
-            return None if found is None else found | ends_component(paths, special)
+            return None if found is None else found | backend.ends_component(paths, special)
 
         quiet_unless(reading, candidates, (QUANTIZE, None, "no rule matches"))
     return reading

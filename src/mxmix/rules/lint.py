@@ -7,9 +7,12 @@ import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import compress, count
+from operator import ne
 from typing import Any
 
 from mxmix.rules.canonical import classify
+from mxmix.rules.column import Column
 from mxmix.rules.decision import ERROR, KEEP, Decision
 from mxmix.rules.engines import ENGINES, get_engine
 
@@ -100,7 +103,7 @@ def _form_findings(rule: str, engines: Sequence[str]) -> list[LintFinding]:
 
 
 def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
-               runtime: Mapping[str, str], backend: Any = None) -> list[Decision] | None:
+               runtime: Mapping[str, str], backend: Any = None) -> Column | None:
     """The Decision per module, aligned with ``modules``, for the whole list under ``engine``
     (None: list unusable). Each distinct asked path is decided once."""
     from mxmix.errors import MxmixError
@@ -110,10 +113,9 @@ def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
         compiled = compile_rules(list(rules), engine, backend=backend)
     except MxmixError:
         return None
-    asked = [runtime[m] for m in modules] if get_engine(engine).runtime_names else list(modules)
-    distinct = list(dict.fromkeys(asked))
-    answers = dict(zip(distinct, compiled.decide_many(distinct)))
-    return list(map(answers.__getitem__, asked))
+    if get_engine(engine).runtime_names:
+        return compiled.decide_column([runtime[m] for m in modules])
+    return compiled.decide_column(modules, modules)   # ``modules`` holds no repeats
 
 
 def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[str, str],
@@ -127,6 +129,7 @@ def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[s
     """
     from mxmix.rules.canonical import _is_expert_child
     from mxmix.rules.decision import DEFAULT_FUSED
+    from mxmix.rules.primitives import INDEXED
 
     plain: dict[tuple[str, ...], list[str]] = {}
     patterned: list[str] = []
@@ -142,7 +145,9 @@ def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[s
     for key in plain:
         children, node = root, None
         for part in key:
-            node = children.setdefault(part, [{}, None])
+            node = children.get(part)
+            if node is None:
+                node = children[part] = [{}, None]
             children = node[0]
         node[1] = key
 
@@ -160,7 +165,14 @@ def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[s
                 node = node[0].get(parts[j])
 
     expert_suffixes: set[tuple[str, ...]] = set()
-    for m in modules:
+    # a rule naming a run of a module's components is a substring of its path: only those modules
+    # (and fused / FusedMoE ones, whose shards and children are looked at too) need the walk
+    special = (*DEFAULT_FUSED, "experts")
+    needles = (backend or INDEXED).needles(".".join(key) for key in plain)
+    found = needles.candidates(modules)
+    todo = modules if found is None else \
+        [modules[i] for i in sorted(found | (backend or INDEXED).ends_component(modules, special))]
+    for m in todo:
         parts = m.split(".")
         walk(parts)
         last = parts[-1]
@@ -177,9 +189,28 @@ def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[s
     dead = {rule for key, listed in plain.items() if key not in alive for rule in listed}
     for rule in patterned:
         alone = _decisions([rule], "canonical", modules, runtime, backend)
-        if alone is not None and not any(d.decision in (KEEP, ERROR) for d in alone):
-            dead.add(rule)
+        if alone is not None:
+            outcomes = alone.outcomes()
+            if KEEP not in outcomes and ERROR not in outcomes:
+                dead.add(rule)
     return [rule for rule in rules if rule in dead]
+
+
+def _outcome_key(decisions: Sequence[Decision]) -> Any:
+    """Equal keys: equal outcome lists (a column's asked list, quiet outcome and decided outcomes);
+    None for a plain list."""
+    if not isinstance(decisions, Column):
+        return None
+    return (id(decisions.asked), decisions.quiet[0] if decisions.quiet else None,
+            frozenset((p, d[2]) for p, d in decisions.found.items()))
+
+
+def _at(decisions: Sequence[Decision], rows: Sequence[int]) -> list[Decision]:
+    """``[decisions[i] for i in rows]`` (for a column deciding every path, without a call per row)."""
+    if isinstance(decisions, Column) and decisions.quiet is None:
+        found, asked = decisions.found, decisions.asked
+        return [found[asked[i]] for i in rows]
+    return list(map(decisions.__getitem__, rows))
 
 
 def _word(decision: str) -> str:
@@ -216,7 +247,8 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
         findings.extend(_form_findings(rule, chosen))
     if modules is None:
         return findings
-    modules = list(dict.fromkeys(modules))
+    distinct = list(dict.fromkeys(modules))
+    modules = modules if isinstance(modules, list) and len(distinct) == len(modules) else distinct
     if runtime is None:
         runtime = runtime_path_map(modules)
     for rule in _dead_rules(list(dict.fromkeys(rules)), modules, runtime, backend):
@@ -225,31 +257,43 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
     base = chosen[0] if chosen else "canonical"
     others = chosen[1:] if chosen else [e for e in ENGINES if e != "canonical"]
 
-    def outcomes(engine: str) -> list[Decision] | None:
+    def outcomes(engine: str) -> Sequence[Decision] | None:
         column = (decided_columns or {}).get(engine)
         if column is not None:
-            return list(column)
+            return column
         known = (decided or {}).get(engine)
         if known is not None:
             return list(map(known.__getitem__, modules))
         return _decisions(rules, engine, modules, runtime, backend)
+
+    def outcome_list(decisions: Sequence[Decision]) -> list[str]:
+        return decisions.outcomes() if isinstance(decisions, Column) else list(map(_OUTCOME, decisions))
 
     if not others:
         return findings
     base_list = outcomes(base)
     if base_list is None:
         return findings
-    base_decisions = list(map(_OUTCOME, base_list))
+    base_decisions = outcome_list(base_list)
     # (rule or None) -> engine -> [(module, base outcome, engine outcome)]
     diffs: dict[str | None, dict[str, list[tuple[str, str, str]]]] = {}
+    differing: dict[Any, list[int]] = {}   # readings answering alike differ from the base on the same rows
     for e in others:
         elist = outcomes(e)
-        if elist is None or list(map(_OUTCOME, elist)) == base_decisions:
+        if elist is None:
             continue
-        for m, b, d in zip(modules, base_list, elist):
-            if b.decision != d.decision:
-                culprit = d.rule if d.rule is not None else b.rule
-                diffs.setdefault(culprit, {}).setdefault(e, []).append((m, _word(b.decision), _word(d.decision)))
+        key = _outcome_key(elist)
+        rows = differing.get(key) if key is not None else None
+        if rows is None:
+            eo = outcome_list(elist)
+            rows = [] if eo == base_decisions else list(compress(count(), map(ne, base_decisions, eo)))
+            if key is not None:
+                differing[key] = rows
+        if not rows:
+            continue
+        for i, b, d in zip(rows, _at(base_list, rows), _at(elist, rows)):
+            culprit = d.rule if d.rule is not None else b.rule
+            diffs.setdefault(culprit, {}).setdefault(e, []).append((modules[i], _word(b.decision), _word(d.decision)))
     for culprit, per_engine in diffs.items():
         parts = []
         for e, items in per_engine.items():

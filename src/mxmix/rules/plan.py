@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import eq, ne
 from typing import Any, NamedTuple
 
 from mxmix.checkpoint.dialects import recognise_dialect
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.checkpoint.modules import LinearModule, linear_modules
 from mxmix.errors import MxmixError
+from mxmix.rules.column import Column, RowIndex
 from mxmix.rules.config_keys import skip_list_for
 from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, Decision
 from mxmix.rules.engines import engines_for_dialect, get_engine
@@ -64,20 +67,63 @@ class Plan:
     quant_method: str | None
     engines: list[str]
     skip_lists: dict[str, list[str]]
-    rows: list[PlanRow]
+    modules: list[LinearModule]
     notes: list[str] = field(default_factory=list)
-    # engine -> its Decision per row, aligned with ``rows`` (the same objects as in rows' dicts)
-    columns: dict[str, list[Decision]] = field(default_factory=dict, repr=False, compare=False)
+    # engine -> its decisions, aligned with ``modules`` (built lazily: see ``Column``)
+    columns: dict[str, Column] = field(default_factory=dict, repr=False)
     # checkpoint module path -> the module a serving engine asks about (``runtime_path_map``)
     runtime: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _rows: list[PlanRow] | None = field(default=None, init=False, repr=False, compare=False)
+    _paths: list[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _quantized: list[bool] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def column(self, engine: str) -> list[Decision]:
+    @property
+    def rows(self) -> list[PlanRow]:
+        """One PlanRow per module (built on first use: audit and lint read the columns instead)."""
+        if self._rows is None:
+            from mxmix.checkpoint.safetensors_header import _gc_paused
+
+            new = tuple.__new__   # PlanRow's own __new__ is a Python-level function
+            names = list(self.columns)
+            with _gc_paused():    # 10^5 small acyclic dicts
+                if names:
+                    cols = [self.columns[e].decisions() for e in names]
+                    self._rows = [new(PlanRow, (m, dict(zip(names, ds))))
+                                  for m, ds in zip(self.modules, zip(*cols))]
+                else:
+                    self._rows = [PlanRow(m, {}) for m in self.modules]
+        return self._rows
+
+    @property
+    def paths(self) -> list[str]:
+        """Each row's module path."""
+        if self._paths is None:
+            self._paths = [m.path for m in self.modules]
+        return self._paths
+
+    @property
+    def quantized(self) -> list[bool]:
+        """Each row: is the module stored quantized (FP8)."""
+        if self._quantized is None:
+            self._quantized = [m.quantized for m in self.modules]
+        return self._quantized
+
+    def column(self, engine: str) -> Column:
         """``engine``'s decision for every row, in row order."""
-        col = self.columns.get(engine)
-        return col if col is not None else [r.decisions[engine] for r in self.rows]
+        return self.columns[engine]
 
     def disagreements(self) -> dict[str, int]:
-        return {e: sum(r.disagrees(e) for r in self.rows) for e in self.engines}
+        quantized = self.quantized
+        out = {}
+        for e in self.engines:
+            outcomes = self.columns[e].outcomes()
+            # disagrees: error, or kept while stored quantized, or quantized while stored BF16
+            agree = sum(map(ne, map(eq, outcomes, repeat(KEEP)), quantized))
+            errors = outcomes.count(ERROR)
+            if errors:
+                agree -= sum(1 for o, q in zip(outcomes, quantized) if o == ERROR and q)
+            out[e] = len(outcomes) - agree
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "dialect": self.dialect, "quant_method": self.quant_method,
@@ -149,40 +195,39 @@ def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None, back
     runtime = ckpt.derived("runtime_path_map", lambda: runtime_path_map(paths))
     notes: list[str] = []
     skip_lists: dict[str, list[str]] = {}
-    columns: list[list[Decision]] = []   # per engine, aligned with ``modules``
+    columns: dict[str, Column] = {}   # per engine, aligned with ``modules``
     runtime_asked = [runtime[p] for p in paths]
     distinct_paths = list(dict.fromkeys(paths))
+    if len(distinct_paths) == len(paths):
+        distinct_paths = paths   # the same list lint asks about: shared filter answers
     distinct_runtime = list(dict.fromkeys(runtime_asked))
+    path_rows, runtime_rows = RowIndex(paths), RowIndex(runtime_asked)
     declared = bool(qc.get("quant_method"))
     for name in names:
         info = get_engine(name)
         if not declared:
             skip_lists[name] = []
             reason = "the checkpoint declares no quantization: loaded unquantized"
-            columns.append([Decision(p, name, KEEP, None, reason) for p in paths])
+            columns[name] = Column(name, paths, {}, (KEEP, reason), path_rows)
             continue
         rules = skip_list_for(qc, name, hf_quant if isinstance(hf_quant, dict) else None)
         skip_lists[name] = rules
         try:
             compiled = compile_rules(rules, name, backend=backend)
         except MxmixError as exc:  # e.g. an invalid re: rule in the canonical reading
-            columns.append([Decision(p, name, ERROR, None, str(exc)) for p in paths])
+            columns[name] = Column.of(name, paths, [Decision(p, name, ERROR, None, str(exc)) for p in paths])
             notes.append(f"{name}: {exc}")
             continue
         # each distinct asked path decided once (per-expert modules share their FusedMoE's answer)
-        asked, distinct = (runtime_asked, distinct_runtime) if info.runtime_names else (paths, distinct_paths)
-        if len(distinct) == len(asked):
-            columns.append(compiled.decide_many(asked))
+        if info.runtime_names:
+            columns[name] = compiled.decide_column(runtime_asked, distinct_runtime, runtime_rows)
         else:
-            by_path = dict(zip(distinct, compiled.decide_many(distinct)))
-            columns.append(list(map(by_path.__getitem__, asked)))
+            columns[name] = compiled.decide_column(paths, distinct_paths, path_rows)
     if not declared:
         notes.append("no quantization_config: every engine loads this checkpoint unquantized")
-    new = tuple.__new__   # PlanRow's own __new__ is a Python-level function
-    rows = [new(PlanRow, (m, dict(zip(names, ds)))) for m, ds in zip(modules, zip(*columns))] if names else \
-        [PlanRow(m, {}) for m in modules]
-    return Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, rows, notes,
-                dict(zip(names, columns)), runtime)
+    plan = Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, modules, notes, columns, runtime)
+    plan._paths = paths
+    return plan
 
 
 def compact_groups(plan: Plan) -> list[tuple[str, list[PlanRow]]]:

@@ -129,7 +129,10 @@ class ComponentIndex:
             children = self.root
             node: list[Any] = []
             for part in key:
-                node = children.setdefault(part, [{}, None])
+                found = children.get(part)   # not setdefault: its default node would be built every time
+                if found is None:
+                    found = children[part] = [{}, None]
+                node = found
                 children = node[0]
             if node[1] is None or index < node[1]:
                 node[1] = index
@@ -870,6 +873,15 @@ def _trie_regex(root: dict[str, Any], dots: bool) -> str:
     return emit(root)
 
 
+def ends_component(paths: Sequence[str], names: Sequence[str]) -> set[int]:
+    """Indices of the paths that may end with one of ``names`` as their last component (a superset:
+    the name may also end a longer last component)."""
+    tails = tuple(names)
+    if not tails:
+        return set()
+    return {i for i, p in enumerate(paths) if p.endswith(tails)}
+
+
 class Backend:
     """Builds primitives in one of the two forms (``indexed`` False = the reference loops).
 
@@ -885,6 +897,7 @@ class Backend:
     def __init__(self, indexed: bool, *, memo: bool = False) -> None:
         self.indexed = indexed
         self._memo: dict[tuple[Any, ...], Any] | None = {} if memo and indexed else None
+        self._ends: dict[tuple[str, ...], tuple[Sequence[str], int, set[int]]] = {}
 
     @classmethod
     def shared(cls) -> Backend:
@@ -941,6 +954,21 @@ class Backend:
         """``re.match(rule + DOT_BOUNDARY, subject)`` for rules with no metacharacter but ``.``."""
         return self._build("dot_wildcard", entries, DotWildcardIndex,
                            lambda e: LoopPatterns([(i, r + DOT_BOUNDARY, MATCH) for i, r in e]))
+
+    def ends_component(self, paths: Sequence[str], names: Sequence[str]) -> set[int]:
+        """``ends_component``; a memoising backend remembers its answer for the list it was asked
+        about (by identity: the readings of one plan ask about the same list)."""
+        if self._memo is None:
+            return ends_component(paths, names)
+        tails = tuple(names)
+        known = self._ends.get(tails)
+        if known is not None and known[0] is paths and known[1] == len(paths):
+            return set(known[2])
+        found = ends_component(paths, tails)
+        if len(self._ends) >= 4:
+            self._ends.clear()
+        self._ends[tails] = (paths, len(paths), found)
+        return set(found)
 
     def needles(self, needles: Iterable[str], *, dots: bool = False) -> NeedleFilter:
         """A ``NeedleFilter`` (memoised like the primitives: readings over one list share it)."""

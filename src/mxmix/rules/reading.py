@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mxmix.rules.column import Column, RowIndex
 from mxmix.rules.decision import ERROR, KEEP, QUANTIZE, Decision
 from mxmix.rules.primitives import Backend, RuleFailure, _min
 
@@ -76,15 +77,6 @@ def quiet_unless(reading: PathReading, candidates: Callable[[Sequence[str]], set
     return reading
 
 
-def ends_component(paths: Sequence[str], names: Sequence[str]) -> set[int]:
-    """Indices of the paths that may end with one of ``names`` as their last component (a superset:
-    the name may also end a longer last component)."""
-    tails = tuple(names)
-    if not tails:
-        return set()
-    return {i for i, p in enumerate(paths) if p.endswith(tails)}
-
-
 @dataclass
 class BoundReading:
     """A reading bound to one rule list: ``decide(path) -> Decision``."""
@@ -125,3 +117,19 @@ class BoundReading:
             append(new(Decision, (p, engine, outcome, None if index is None else rules[index], reason)))
         return out
 
+    def decide_column(self, asked: Sequence[str], distinct: Sequence[str] | None = None,
+                      rows: RowIndex | None = None) -> Column:
+        """``decide`` for every path of ``asked`` as a ``Column``: each distinct path decided once
+        (``distinct``: ``asked`` without repeats, when the caller has it), and with a ``quiet_unless``
+        filter only the paths it keeps; the others answer its quiet verdict without a Decision each."""
+        if distinct is None:
+            distinct = list(dict.fromkeys(asked))
+        candidates = getattr(self.reading, "candidates", None)
+        if candidates is not None and len(distinct) >= BATCH_MIN:
+            chosen = candidates(distinct)
+            if chosen is not None:
+                outcome, _, reason = self.reading.quiet_verdict  # type: ignore[attr-defined]
+                sub = [distinct[i] for i in sorted(chosen)]
+                return Column(self.engine, asked, dict(zip(sub, self.decide_many(sub, batch=False))),
+                              (outcome, reason), rows)
+        return Column(self.engine, asked, dict(zip(distinct, self.decide_many(distinct, batch=False))), None, rows)

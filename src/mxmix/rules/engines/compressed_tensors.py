@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mxmix.rules.decision import KEEP, QUANTIZE
-from mxmix.rules.reading import PathReading, Verdict, ends_component, first_hit, quiet_unless
+from mxmix.rules.reading import PathReading, Verdict, first_hit, quiet_unless
 
 
 def build_compressed_tensors(rules, fused, backend) -> PathReading:
@@ -53,7 +53,7 @@ def build_compressed_tensors(rules, fused, backend) -> PathReading:
 
         def candidates(paths: Sequence[str]) -> set[int] | None:
             found = needles.candidates(paths)
-            return None if found is None else found | ends_component(paths, suffixes)
+            return None if found is None else found | backend.ends_component(paths, suffixes)
 
         quiet_unless(reading, candidates, (QUANTIZE, None, "no rule matches"))
     return reading
