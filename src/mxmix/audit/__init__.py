@@ -33,7 +33,18 @@ class AuditResult:
     skip_lists: dict[str, list[str]] = field(default_factory=dict)
     scales_checked: int | None = None
     plan: Any = None                                         # mxmix.rules.plan.Plan (for the report)
-    views: list[Any] = field(default_factory=list)           # ModuleView per Linear
+    _views: list[Any] | None = field(default=None, repr=False)
+    _ckpt: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def views(self) -> list[Any]:
+        """``ModuleView`` per Linear, built on first use: the checks read the plan's modules, so an
+        audit that nobody asks for views of does not build 10^5 of them."""
+        if self._views is None:
+            from mxmix.checkpoint.inspect import module_views
+
+            self._views = module_views(self._ckpt, self.plan.modules) if self.plan is not None else []
+        return self._views
 
     @property
     def exit_code(self) -> int:
@@ -51,7 +62,7 @@ class AuditResult:
     def format(self) -> str:
         lines = [f"checkpoint: {self.checkpoint}",
                  f"dialect:    {self.dialect}" + (f" (quant_method {self.quant_method!r})" if self.quant_method else ""),
-                 f"modules:    {len(self.views)} Linear"]
+                 f"modules:    {len(self.plan.modules) if self.plan is not None else len(self.views)} Linear"]
         if self.scales_checked is not None:
             lines.append(f"scales:     {self.scales_checked} scale tensors read")
         if not self.quant_method:
@@ -105,20 +116,26 @@ def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool,
         get_engine(e)
     backend = Backend.shared()   # rule indexes built for the plan are reused by lint
     plan = plan_checkpoint(ckpt, ["canonical", *[e for e in judged if e != "canonical"]], backend=backend)
-    views = module_views(ckpt, plan.modules)
+    # the checks read the fields a view shares with its Linear module: the views when this open
+    # checkpoint has them already (inspect on the same open), else the modules themselves, so that
+    # views (companions, sizes) are built only for the scale check or when the result is asked
+    modules = plan.modules
+    views = module_views(ckpt, modules) if ckpt.built("module_views") is not None else None
     dialect = checkpoint_dialect(ckpt)
     declared = bool(plan.quant_method)
-    canonical = dict(zip(plan.paths, plan.column("canonical"))) if declared else None
-    findings = check_config_vs_tensors(ckpt, views, canonical, dialect)
+    checked = views if views is not None else modules
+    findings = check_config_vs_tensors(ckpt, checked, plan.column("canonical") if declared else None, dialect)
     engine_findings, verdicts = check_engines(plan, [e for e in judged if e != "canonical"])
     findings += engine_findings
-    findings += check_structure(views)
+    findings += check_structure(checked)
     if lint_rules and declared:
         findings += _lint_findings(ckpt, judged, plan, backend)
     scales_checked = None
     if check_scales:
         from mxmix.audit.scales import check_scales as run_scale_checks
 
+        if views is None:
+            views = module_views(ckpt, modules)
         items = [(v.path if not v.stacked else v.weight, _scale_reader(ckpt, v.scale))
                  for v in views if v.precision == "mxfp8" and v.scale]
         run_dtype = str((ckpt.config or {}).get("torch_dtype") or (ckpt.config or {}).get("dtype") or "bfloat16")
@@ -126,7 +143,7 @@ def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool,
         findings += scale_findings
         scales_checked = len(stats)
     return AuditResult(str(ckpt.root), dialect, plan.quant_method, judged, sort_findings(findings), verdicts,
-                       dict(plan.skip_lists), scales_checked, plan, views)
+                       dict(plan.skip_lists), scales_checked, plan, views, ckpt)
 
 
 def _scale_reader(ckpt: Any, name: str) -> Callable[[], Any]:

@@ -8,7 +8,7 @@ name, K not a multiple of 32) are checked here too: they break every reader.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, gt, is_not, lt
 
@@ -16,16 +16,19 @@ from mxmix.audit.findings import Finding, add_finding
 from mxmix.checkpoint.dialects import DIALECTS, SCALE_SUFFIXES
 from mxmix.checkpoint.inspect import BLOCK, FP8, MXFP8, SCALE_DTYPES, ModuleView, expected_scale_shape
 from mxmix.checkpoint.layout import Checkpoint
+from mxmix.checkpoint.modules import LinearModule, precisions_of
+from mxmix.rules.column import Column
 from mxmix.rules.decision import ERROR, KEEP, Decision
 
 QUANTIZED = (MXFP8, FP8)
-_PATH, _PRECISION, _SCALE, _DTYPE, _SHAPE = map(attrgetter, ("path", "precision", "scale", "dtype", "shape"))
+_PATH, _SCALE, _DTYPE, _SHAPE = map(attrgetter, ("path", "scale", "dtype", "shape"))
 
 
-def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canonical: dict[str, Decision] | None,
-                            dialect: str) -> list[Finding]:
-    """``canonical``: module path -> the canonical reading's decision (None when the config declares
-    no quantization)."""
+def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView] | Sequence[LinearModule],
+                            canonical: Mapping[str, Decision] | Column | None, dialect: str) -> list[Finding]:
+    """``views``: module views, or the Linear modules themselves (the fields read are the same).
+    ``canonical``: module path -> the canonical reading's decision, or the plan's canonical column
+    over these very modules (row by row); None when the config declares no quantization."""
     out: list[Finding] = []
     declared = canonical is not None
     keeps_fp8, quantizes_bf16, raises = [], [], []
@@ -41,9 +44,20 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView], canon
             f"the checkpoint declares {dialect.removeprefix('other:')!r}, not an MXFP8 dialect: MX scale checks skipped",
             "Only the skip list and precision checks apply; scale tensors follow that method's own format.", ()))
     paths = list(map(_PATH, views))
-    precisions = list(map(_PRECISION, views))
-    if declared:
-        get_decision = canonical.get
+    precisions = precisions_of(views)
+    if isinstance(canonical, Column) and canonical.asked == paths:
+        # row-aligned column: compare outcome lists; Decisions only for the rows that raise
+        outcomes = canonical.outcomes()
+        keeps_fp8 = [p for p, o, q in zip(paths, outcomes, precisions) if o == KEEP and q in QUANTIZED]
+        quantizes_bf16 = [p for p, o, q in zip(paths, outcomes, precisions)
+                          if o != KEEP and o != ERROR and q not in QUANTIZED]
+        if ERROR in outcomes:
+            for i in [i for i, o in enumerate(outcomes) if o == ERROR]:
+                raises.append(paths[i])
+                reasons.setdefault(canonical[i].reason, paths[i])
+    elif declared:
+        get_decision = (canonical.get if not isinstance(canonical, Column)
+                        else dict(zip(canonical.asked, canonical)).get)
         for path, precision in zip(paths, precisions):
             d = get_decision(path)
             if d is not None:

@@ -13,13 +13,16 @@ from collections.abc import Sequence
 
 from mxmix.audit.findings import Finding
 from mxmix.checkpoint.inspect import ModuleView
+from mxmix.checkpoint.modules import LinearModule, precisions_of
 from mxmix.rules.decision import DEFAULT_FUSED
 
 _SHARD_OF = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
 
 
-def check_structure(views: Sequence[ModuleView]) -> list[Finding]:
+def check_structure(views: Sequence[ModuleView] | Sequence[LinearModule]) -> list[Finding]:
     """Findings for fused shards and FusedMoE experts stored in different precisions.
+
+    ``views``: module views, or the Linear modules themselves (the fields read are the same).
 
     One pass finds whether any group mixes precisions (first precision per group, compared); only
     then are the groups' members collected (``_mixed_groups``), so a clean checkpoint costs one
@@ -29,8 +32,8 @@ def check_structure(views: Sequence[ModuleView]) -> list[Finding]:
     moe_of_parent: dict[str, str | None] = {}
     mixed = False
     shard_of = _SHARD_OF
-    for v in views:
-        path, precision = v.path, v.precision
+    for v, precision in zip(views, precisions_of(views)):
+        path = v.path
         if v.stacked:
             moe: str | None = path
         else:

@@ -145,6 +145,10 @@ class Checkpoint:
             value = self._derived[key] = build()
             return value
 
+    def built(self, key: str) -> Any:
+        """What ``derived(key, ...)`` holds already, else None (never builds)."""
+        return self._derived.get(key)
+
     def forget_derived(self) -> None:
         """Drop the cached derived views (after editing ``tensors`` or ``config`` in place)."""
         self._derived.clear()
