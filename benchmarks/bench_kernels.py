@@ -3,7 +3,6 @@
     PYTHONPATH=src python benchmarks/bench_kernels.py                 # the issue's table (dispatch path)
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-decode  # tune decode launch configs
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-prefill # tune prefill configs / fused vs cuBLAS
-    PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-chunked --ms 4096 # prefill: row chunks through L2
     PYTHONPATH=src python benchmarks/bench_kernels.py --sweep-convert # E4M3 conversion variants, M <= 16,
                                                                       # plus Llama-8B layer shapes at M = 1
     PYTHONPATH=src python benchmarks/bench_kernels.py --sass          # no GPU needed: compile the decode
@@ -115,6 +114,19 @@ def bench_graph(rotor: Rotor, target_us: float = 1000.0, replays: int = 10) -> f
     return times[len(times) // 2] / (passes * len(rotor.sets))
 
 
+def bench_decode_config(sets, xs, cfg, rep: int) -> float | None:
+    """µs per call of the decode kernel with launch configuration ``cfg`` over the weight copies, or None
+    (after saying so) for a configuration that does not compile here (e.g. too many resources)."""
+    from mxmix.runtime.kernels.triton_decode import mxfp8_decode_matmul
+
+    try:
+        return bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                           lambda x, q, s: mxfp8_decode_matmul(x, q, s, config=cfg)), warmup=5, rep=rep)
+    except Exception as exc:
+        print(f"  {cfg.label()}: failed {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+        return None
+
+
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     if torch.isnan(y).any():
         return float("nan")
@@ -161,7 +173,6 @@ def sweep_decode(shapes, ms, args) -> list[dict]:
         DecodeConfig,
         _split_for,
         default_decode_config,
-        mxfp8_decode_matmul,
     )
 
     fma_cfgs = [DecodeConfig("fma", 16, bk, sp, 4, 3, c) for bk, sp, c in product([256, 512], [1, 2, 4], ["cvt", "prmt"])]
@@ -187,12 +198,8 @@ def sweep_decode(shapes, ms, args) -> list[dict]:
             cfgs = [default] + (fma_cfgs if m <= 2 else []) + mma_cfgs(n, k)
             best = None
             for cfg in cfgs:
-                try:
-                    t = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                                    lambda x, q, s, cfg=cfg: mxfp8_decode_matmul(x, q, s, config=cfg)),
-                              warmup=5, rep=15)
-                except Exception as exc:  # a config that does not compile (resources) is skipped
-                    print(f"  {cfg.label()}: failed {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+                t = bench_decode_config(sets, xs, cfg, rep=15)
+                if t is None:
                     continue
                 rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "kind": cfg.kind, "us": t,
                              "bf16_us": bf16, "speedup": bf16 / t, "default": cfg is default})
@@ -265,39 +272,6 @@ def sweep_prefill(shapes, ms, args) -> list[dict]:
     return rows
 
 
-def sweep_chunked(shapes, ms, args) -> list[dict]:
-    """Prefill: whole-weight dequant + cuBLAS vs chunks of rows through one L2-resident BF16 buffer."""
-    from mxmix.runtime.kernels import triton_prefill as tp
-
-    rows_out = []
-    for n, k in shapes:
-        sets = make_weights(n, k, min(2, copies_for(n, k)))
-        for m in ms:
-            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
-                               lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
-            buf = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
-            deq = bench(Rotor([(q, s) for _, q, s in sets], lambda q, s, buf=buf: tp.dequantize_to(q, s, buf)), warmup=5, rep=20)
-            line = {"n": n, "k": k, "m": m, "bf16_us": bf16, "dequant_us": deq}
-            variants = [("whole", lambda x, q, s: tp.mxfp8_prefill_cublas(x, q, s))]
-            variants += [(f"rows{r}", lambda x, q, s, r=r: tp.mxfp8_prefill_chunked(x, q, s, chunk_rows=r))
-                         for r in (256, 512, 1024, 2048, 4096) if r < n]
-            variants.append(("chunked-default", lambda x, q, s: tp.mxfp8_prefill_chunked(x, q, s)))
-            for label, fn in variants:
-                t = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)], fn), warmup=5, rep=20)
-                line[label] = t
-            rows_out.append(line)
-            best = min((v, key) for key, v in line.items() if key.startswith(("whole", "rows", "chunked")))
-            print(f"{n:>6}x{k:<6} M={m:<5} bf16 {bf16:8.1f} us  dequant {deq:7.1f} us  "
-                  + "  ".join(f"{key} {v:.0f} (x{bf16 / v:.2f})" for key, v in line.items()
-                              if key.startswith(("whole", "rows", "chunked")))
-                  + f"  default rows {tp.default_chunk_rows(n, k, torch.device('cuda'))}  best {best[1]} x{bf16 / best[0]:.2f}",
-                  flush=True)
-        del sets
-        torch.cuda.empty_cache()
-    return rows_out
-
-
 def prefill_breakdown(shapes, ms, args) -> list[dict]:
     """Where the cuBLAS prefill path's time goes: the GEMM on the original BF16 weight, the same GEMM on the
     pre-dequantized weight (MXFP8 values in BF16), the dequantization alone, and the whole path."""
@@ -353,7 +327,6 @@ def convert_candidates(m: int, n: int, k: int):
 
 def sweep_convert(shapes, ms, args) -> list[dict]:
     """Decode-kernel conversion variants vs the shipped heuristic, plus the Llama-8B layers at M = 1."""
-    from mxmix.runtime.kernels.triton_decode import mxfp8_decode_matmul
 
     work = [(shape, 1, name) for name, shape in LLAMA_LAYERS.items()] if args.llama else []
     work += [((n, k), m, None) for n, k in shapes for m in ms if m <= 16]
@@ -373,12 +346,8 @@ def sweep_convert(shapes, ms, args) -> list[dict]:
             cands = [c for c in cands if c.kind == "fma" or (c.convert == "prmt" and c.block_k == 128)] or cands[:1]
         timed = []
         for i, cfg in enumerate(cands):
-            try:
-                t = bench(Rotor([(xs[j % 2], q, s) for j, (_, q, s) in enumerate(sets)],
-                                lambda x, q, s, cfg=cfg: mxfp8_decode_matmul(x, q, s, config=cfg)),
-                          warmup=5, rep=20)
-            except Exception as exc:  # a config that does not compile (resources) is skipped
-                print(f"  {cfg.label()}: failed {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+            t = bench_decode_config(sets, xs, cfg, rep=20)
+            if t is None:
                 continue
             timed.append((t, cfg))
             rows.append({"n": n, "k": k, "m": m, "layer": layer, "config": cfg.label(), "kind": cfg.kind,
@@ -470,7 +439,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-decode", action="store_true")
     ap.add_argument("--sweep-prefill", action="store_true")
     ap.add_argument("--sweep-convert", action="store_true")
-    ap.add_argument("--sweep-chunked", action="store_true", help="prefill: whole dequant vs row chunks through L2")
     ap.add_argument("--prefill-breakdown", action="store_true", help="prefill: GEMM on dequantized weight, dequant, whole")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
     ap.add_argument("--sass", action="store_true", help="SASS loop instruction counts for sm_90 (no GPU)")
@@ -508,8 +476,6 @@ def main(argv: list[str] | None = None) -> int:
         rows = sweep_convert(shapes, ms, args)
     elif args.prefill_breakdown:
         rows = prefill_breakdown(shapes, ms, args)
-    elif args.sweep_chunked:
-        rows = sweep_chunked(shapes, ms, args)
     elif args.sweep_prefill:
         sweep_dequant(shapes)
         rows = sweep_prefill(shapes, ms, args)

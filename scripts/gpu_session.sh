@@ -23,8 +23,6 @@ for step in $steps; do
     convert) python3 benchmarks/bench_kernels.py --sweep-convert --llama --json "$OUT/convert.json" 2>&1 \
                | tee "$OUT/convert.log" | grep -v "^      " ;;
     table) python3 benchmarks/bench_kernels.py --json "$OUT/table.json" 2>&1 | tee "$OUT/table.log" ;;
-    chunked) python3 benchmarks/bench_kernels.py --sweep-chunked --ms 512,4096 --json "$OUT/chunked.json" 2>&1 \
-               | tee "$OUT/chunked.log" ;;
     sweepmma) python3 benchmarks/bench_kernels.py --sweep-decode --shapes 4096x4096,8192x8192,28672x8192 --ms 2,4,16 \
                --json "$OUT/sweepmma.json" 2>&1 | tee "$OUT/sweepmma.log" | grep -v "^      " ;;
     convert16) python3 benchmarks/bench_kernels.py --sweep-convert --llama --ms 1,2,4,16 --json "$OUT/convert16.json" 2>&1 \
@@ -34,8 +32,6 @@ for step in $steps; do
     prefilldiag) python3 benchmarks/bench_kernels.py --prefill-breakdown --ms 4096 --json "$OUT/prefilldiag.json" 2>&1 \
                | tee "$OUT/prefilldiag.log" ;;
     prefill) python3 benchmarks/bench_kernels.py --ms 512,4096 --json "$OUT/prefill.json" 2>&1 | tee "$OUT/prefill.log" ;;
-    chunktests) python3 -m pytest -q -p no:cacheprovider tests/runtime/test_kernels_gpu.py -k "chunked or prefill" 2>&1 \
-               | tee "$OUT/chunktests.log" | tail -5 ;;
   esac
 done
 echo "=== done $(date +%T)"

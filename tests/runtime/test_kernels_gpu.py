@@ -164,23 +164,6 @@ def test_prefill_cublas_matches_reference(m: int, n: int, k: int) -> None:
     assert err < REL_TOL
 
 
-@pytest.mark.parametrize("m,n,k,rows", [(300, 1000, 1024, 256), (1024, 768, 2080, 512), (64, 2048, 4096, 2048),
-                                        (129, 1300, 96, 512)])
-def test_prefill_chunked_matches_reference(m: int, n: int, k: int, rows: int) -> None:
-    """Chunks of weight rows through one reused buffer: every output column written, values exact."""
-    from mxmix.runtime.kernels import triton_prefill as tp
-
-    for bias in (False, True):
-        x, q, s, b = _inputs(m, n, k, 7 + bias, bias=bias)
-        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-        y = tp.mxfp8_prefill_chunked(x, q, s, b, out=out, chunk_rows=rows)
-        assert y.data_ptr() == out.data_ptr()
-        err = _rel_err(y, _reference(x, q, s, b))
-        print(f"prefill chunked m={m} n={n} k={k} rows={rows}: rel err {err:.2e}")
-        assert err < REL_TOL
-        assert torch.equal(tp.mxfp8_prefill_chunked(x, q, s, b, chunk_rows=rows), y)  # allocated out too
-
-
 @pytest.mark.parametrize("n,k", [(96, 64), (1000, 2080), (4096, 4096)])
 def test_gpu_dequantize_is_bit_exact(n: int, k: int) -> None:
     from mxmix.mx import dequantize
