@@ -21,9 +21,9 @@ Reported: decode tokens/s (steady state), the ratios, weights-resident GPU memor
 generation. Target (issue 5): graph decode >= 1.5x BF16. ``--profile`` prints the GPU time by kernel of one
 eager step.
 
-``--variants fma=prmt,mma=f32,fma=prmt+mma=cvt`` re-measures the final MXFP8 graph decode with other E4M3
-conversions in the decode kernels' heuristic (`triton_decode.FMA_CONVERT` / `MMA_CONVERT`), then the
-shipped default once more (run-to-run spread).
+``--variants swab=off,fma=prmt,mma=f32,fma=prmt+mma=cvt`` re-measures the final MXFP8 graph decode with the
+Triton decode kernels instead of the Gluon one (``swab=off``) or other E4M3 conversions in their heuristic
+(`triton_decode.FMA_CONVERT` / `MMA_CONVERT`), then the shipped default once more (run-to-run spread).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--hf-tokens", type=int, default=32, help="tokens for the HF generate comparison (0: skip)")
-    ap.add_argument("--variants", default="", help="comma list of fma=CONVERT / mma=CONVERT to compare")
+    ap.add_argument("--variants", default="", help="comma list of swab=off / fma=CONVERT / mma=CONVERT to compare")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one eager decode step")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -204,12 +204,15 @@ def main(argv: list[str] | None = None) -> int:
 
         mx["variants"] = {}
         for spec in [v for v in args.variants.split(",") if v] + ["default"]:
-            saved = (td.FMA_CONVERT, td.MMA_CONVERT)
+            saved = (td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB)
             for part in ([] if spec == "default" else spec.split("+")):
                 kind, conv = part.split("=")
-                setattr(td, f"{kind.upper()}_CONVERT", conv)
+                if kind == "swab":  # swab=off: the Triton decode kernels instead of the Gluon one
+                    td.SWAB = conv not in ("off", "0")
+                else:
+                    setattr(td, f"{kind.upper()}_CONVERT", conv)
             r = measure(model, args.prompt_len, args.new_tokens, f"mxfp8+pointwise {spec}", 0)
-            td.FMA_CONVERT, td.MMA_CONVERT = saved
+            td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB = saved
             mx["variants"][spec] = {"tok_s": r["graph"]["tok_s"], "speedup": r["graph"]["tok_s"] / bf16["graph"]["tok_s"],
                                     "tokens_equal_default": sum(a == b for a, b in zip(r["tokens"], mx["tokens"]))}
             print(f"SUMMARY variant {spec}: {r['graph']['tok_s']:.1f} tok/s -> x{mx['variants'][spec]['speedup']:.2f} "

@@ -139,7 +139,7 @@ def device_name() -> str:
 
 
 def run_table(shapes, ms, args) -> list[dict]:
-    from mxmix.runtime.kernels import choose_path, mxfp8_matmul
+    from mxmix.runtime.kernels import kernel_path, mxfp8_matmul
 
     rows = []
     for n, k in shapes:
@@ -156,7 +156,7 @@ def run_table(shapes, ms, args) -> list[dict]:
             ref = xs[0].double() @ dequantize(q, s, torch.float32, backend="torch").double().t()
             err = rel_err(mxfp8_matmul(xs[0], q, s), ref)
             bf_err = rel_err(torch.matmul(xs[0], dequantize(q, s, torch.bfloat16, backend="torch").t()), ref)
-            row = {"n": n, "k": k, "m": m, "path": choose_path(m), "bf16_us": bf16, "mxfp8_us": mx,
+            row = {"n": n, "k": k, "m": m, "path": kernel_path(xs[0], q, s), "bf16_us": bf16, "mxfp8_us": mx,
                    "speedup": bf16 / mx, "rel_err": err, "bf16_rel_err": bf_err,
                    "mxfp8_tb_s": (n * k * 1.03125 + 2 * m * (n + k)) / (mx * 1e-6) / 1e12,
                    "bf16_tb_s": (n * k * 2 + 2 * m * (n + k)) / (bf16 * 1e-6) / 1e12}
@@ -214,6 +214,54 @@ def sweep_decode(shapes, ms, args) -> list[dict]:
                                   and r["kind"] == kind), key=lambda r: r["us"])[:3]
                     if top:
                         print(f"      {kind}: " + "; ".join(f"{r['config']} {r['us']:.1f}" for r in top), flush=True)
+        del sets
+        torch.cuda.empty_cache()
+    return rows
+
+
+# (kind, block_n, block_k, num_stages, num_warps) of the Gluon kernels that fit: swab = register prefetch
+# (num_stages - 1 tiles ahead), swabcp = cp.async shared-memory ring of num_stages tiles
+SWAB_SWEEP = [("swab", 64, 128, 2, 4), ("swab", 64, 256, 2, 4), ("swab", 128, 128, 2, 4), ("swab", 128, 256, 2, 4),
+              ("swabcp", 64, 128, 3, 4), ("swabcp", 64, 128, 4, 4), ("swabcp", 64, 128, 6, 4),
+              ("swabcp", 64, 256, 3, 4), ("swabcp", 64, 256, 4, 4), ("swabcp", 128, 128, 3, 4),
+              ("swabcp", 128, 128, 4, 4), ("swabcp", 128, 256, 2, 4), ("swabcp", 128, 256, 3, 4),
+              ("swabcp", 128, 256, 3, 8)]
+
+
+def sweep_swab(shapes, ms, args) -> list[dict]:
+    """The operand-A Gluon decode kernel (`gluon_decode`) over tiles and splits, against the Triton kernels'
+    heuristic pick and cuBLAS BF16, in the same run."""
+    from mxmix.runtime.kernels.triton_decode import DecodeConfig, _sm_count, default_decode_config
+
+    rows = []
+    for n, k in shapes:
+        sets = make_weights(n, k, copies_for(n, k))
+        for m in ms:
+            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
+                               lambda x, w: torch.matmul(x, w.t())))
+            sms = _sm_count(xs[0].device)
+            old = default_decode_config(m, n, k, sms, swab=False)
+            new = default_decode_config(m, n, k, sms)
+            cfgs = [old, new] + [DecodeConfig(kind, bn, bk, sp, w, st, "fold") for kind, bn, bk, st, w in SWAB_SWEEP
+                                 for sp in (1, 2, 4, 8, 16) if k // sp >= bk]
+            seen, times = [], {}
+            for cfg in cfgs:
+                if cfg in seen:
+                    continue
+                seen.append(cfg)
+                t = bench_decode_config(sets, xs, cfg, rep=15)
+                if t is not None:
+                    times[cfg] = t
+                    rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "kind": cfg.kind, "us": t,
+                                 "bf16_us": bf16, "speedup": bf16 / t, "old_default": cfg == old,
+                                 "default": cfg == new})
+            best = min(times, key=times.get)
+            top = sorted(times, key=times.get)[:3]
+            print(f"{n:>6}x{k:<6} M={m:<3} bf16 {bf16:7.1f} us  old {times.get(old, float('nan')):7.1f} "
+                  f"x{bf16 / times.get(old, float('nan')):.2f}  new {times.get(new, float('nan')):7.1f} "
+                  f"x{bf16 / times.get(new, float('nan')):.2f}  best x{bf16 / times[best]:.2f} {best.label()}  | "
+                  + "; ".join(f"{c.label()} {times[c]:.1f}" for c in top), flush=True)
         del sets
         torch.cuda.empty_cache()
     return rows
@@ -374,6 +422,33 @@ def sweep_convert(shapes, ms, args) -> list[dict]:
     return rows
 
 
+def compile_swab(m: int, cfg, split: bool = True, bias: bool = False):
+    """Compile the operand-A Gluon decode kernels (`gluon_decode`) for sm_90 without a GPU."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from mxmix.runtime.kernels import gluon_decode as gd
+
+    block_m = max(8, triton.next_power_of_2(m))
+    mma, a_l, b_l, w_l, l3, s_ld = gd.layouts(cfg.block_n, cfg.block_k, cfg.num_warps)
+    names = ["x_ptr", "w_ptr", "s_ptr", "b_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "M", "N", "K", "KS", "stride_xm",
+             "stride_om", "k_per_split", "kb_per_split", "split"]
+    types = ["*bf16", "*i32", "*u8", "*bf16", "*bf16", "*fp32", "*i32"] + ["i32"] * 9
+    const = {"HAS_BIAS": bias, "SPLIT": split, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "BLOCK_M": block_m,
+             "MMA": mma, "A_L": a_l, "B_L": b_l, "W_L": w_l, "L3": l3, "S_LD": s_ld}
+    if cfg.kind == "swabcp":
+        cp_w, cp_s, cp_x, sh_w, sh_s, sh_x = gd.async_layouts(cfg.block_n, cfg.block_k, block_m, cfg.num_warps)
+        const.update(STAGES=cfg.num_stages, CP_W=cp_w, CP_S=cp_s, CP_X=cp_x, SH_W=sh_w, SH_S=sh_s, SH_X=sh_x)
+        fn = gd._swab_async_kernel
+    else:
+        const["PREFETCH"] = cfg.num_stages - 1
+        fn = gd._swab_kernel
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 13)}
+    src = GluonASTSource(fn, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")}, const, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps})
+
+
 def sass_report(ms, args) -> list[dict]:
     """Compile the decode kernels for sm_90 (no GPU needed) and count the main loop's SASS instructions.
 
@@ -400,17 +475,22 @@ def sass_report(ms, args) -> list[dict]:
     rows = []
     cfgs = []
     for m in ms:
-        base = td.default_decode_config(m, 8192, 28672)
-        cfgs += [(m, td.DecodeConfig(base.kind, base.block_n, base.block_k, base.split_k, base.num_warps,
-                                     base.num_stages, conv)) for conv in td._KIND_CONVERTS[base.kind]]
+        for swab in (True, False):
+            base = td.default_decode_config(m, 8192, 28672, swab=swab)
+            cfgs += [(m, td.DecodeConfig(base.kind, base.block_n, base.block_k, base.split_k, base.num_warps,
+                                         base.num_stages, conv)) for conv in td._KIND_CONVERTS[base.kind]
+                     if (m, base.kind, conv) not in {(c[0], c[1].kind, c[1].convert) for c in cfgs}]
     for m, cfg in cfgs:
-        block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
-        const = {"HAS_BIAS": False, "SPLIT": cfg.split_k > 1, "EVEN_K": True, "BLOCK_M": block_m,
-                 "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "CONVERT": td.CONVERTS[cfg.convert]}
-        fn = td._decode_fma_kernel if cfg.kind == "fma" else td._decode_mma_kernel
-        kernel = triton.compile(ASTSource(fn, {**sig, **dict.fromkeys(const, "constexpr")}, const, attrs),
-                                target=GPUTarget("cuda", 90, 32),
-                                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        if cfg.kind in ("swab", "swabcp"):
+            kernel = compile_swab(m, cfg)
+        else:
+            block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
+            const = {"HAS_BIAS": False, "SPLIT": cfg.split_k > 1, "EVEN_K": True, "BLOCK_M": block_m,
+                     "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "CONVERT": td.CONVERTS[cfg.convert]}
+            fn = td._decode_fma_kernel if cfg.kind == "fma" else td._decode_mma_kernel
+            kernel = triton.compile(ASTSource(fn, {**sig, **dict.fromkeys(const, "constexpr")}, const, attrs),
+                                    target=GPUTarget("cuda", 90, 32),
+                                    options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()
@@ -438,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ms", default=",".join(map(str, MS)))
     ap.add_argument("--sweep-decode", action="store_true")
     ap.add_argument("--sweep-prefill", action="store_true")
+    ap.add_argument("--sweep-swab", action="store_true", help="operand-A Gluon decode kernel: tiles x splits")
     ap.add_argument("--sweep-convert", action="store_true")
     ap.add_argument("--prefill-breakdown", action="store_true", help="prefill: GEMM on dequantized weight, dequant, whole")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
@@ -474,6 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = sweep_decode(shapes, ms, args)
     elif args.sweep_convert:
         rows = sweep_convert(shapes, ms, args)
+    elif args.sweep_swab:
+        if args.llama:
+            shapes = shapes + [v for v in LLAMA_LAYERS.values() if v not in shapes]
+        rows = sweep_swab(shapes, ms, args)
     elif args.prefill_breakdown:
         rows = prefill_breakdown(shapes, ms, args)
     elif args.sweep_prefill:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: correctness of new GPU code first, then the issue-5 benchmarks; logs under $OUT.
-#   bash scripts/gpu_session.sh [tests|e2e|convert|table|alltests]...   (default: tests e2e convert)
+#   bash scripts/gpu_session.sh [tests|swabtests|swabsweep|e2e|convert|table|alltests|prefill]...   (default: tests e2e convert)
 # Carries .whl/ (transformers pinned like CI) when present; runs from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
@@ -17,8 +17,12 @@ for step in $steps; do
   case $step in
     tests) python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_pointwise_gpu.py \
              "tests/runtime/test_kernels_gpu.py" -k "prmt or pointwise or rotary or rmsnorm or gemma or install" 2>&1 | tee "$OUT/tests.log" | tail -15 ;;
+    swabtests) python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_gluon_decode_gpu.py \
+             tests/runtime/test_kernels_gpu.py -k "swab or decode or linear or sibling" 2>&1 | tee "$OUT/swabtests.log" | tail -15 ;;
+    swabsweep) python3 benchmarks/bench_kernels.py --sweep-swab --llama --ms 1,2,4,8,16 --json "$OUT/swabsweep.json" 2>&1 \
+               | tee "$OUT/swabsweep.log" ;;
     alltests) python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/alltests.log" | tail -15 ;;
-    e2e) python3 benchmarks/bench_e2e.py --profile --variants "mma=f32,mma=cvt" \
+    e2e) python3 benchmarks/bench_e2e.py --profile --variants "swab=off" \
            --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" | grep -v Warning ;;
     convert) python3 benchmarks/bench_kernels.py --sweep-convert --llama --json "$OUT/convert.json" 2>&1 \
                | tee "$OUT/convert.log" | grep -v "^      " ;;

@@ -1,5 +1,9 @@
 """Weight-only MXFP8 kernels for small M (decode): y[M, N] = x[M, K] @ dequant(W[N, K], S[N, K/32])^T.
 
+Where it can run (Gluon present, bf16 activations, scale bytes 3..134, K % 128 == 0) the default is the
+operand-A kernel of `gluon_decode` (policy: `swab_config`); this module owns the dispatch, the split-K
+buffers and the Triton kernels below, which serve every other call.
+
 Decode is memory-bound: the weight bytes (1 + 1/32 per element instead of 2 for BF16) set the time,
 so the kernels do as little per-element work as possible (shared docs mxfp8-format.md §7):
 
@@ -26,7 +30,7 @@ dequantized weight up to fp32 summation order.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -219,7 +223,8 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
                     wb = w.to(tl.float32).to(tl.bfloat16)  # E4M3->F16x2, F16->F32, packed F32->BF16x2
                 else:
                     wb = w.to(tl.bfloat16)  # Triton 3.6 on sm_90: E4M3->F16x2 then scalar F2F.BF16.F16
-                part = tl.dot(x, wb)
+                # fp16 activations: E4M3 values are exact in fp16 too (a no-op for bf16)
+                part = tl.dot(x, wb.to(x.dtype))
                 acc += part * e8m0_to_f32(sb, False)[None, :]
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
@@ -232,7 +237,9 @@ def _decode_mma_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
 class DecodeConfig:
     """One launch configuration of the decode kernels (the benchmark sweeps these)."""
 
-    kind: str = "fma"        # "fma" | "mma"
+    kind: str = "fma"        # "fma" | "mma" | "swab" / "swabcp" (`gluon_decode`: the weight as tensor-core
+    #                          operand A; swab: register prefetch, num_stages - 1 tiles ahead; swabcp: a
+    #                          cp.async shared-memory ring num_stages deep)
     block_n: int = 64
     block_k: int = 256
     split_k: int = 1
@@ -252,8 +259,10 @@ class DecodeConfig:
 # f32  - mma only: E4M3->F32 then packed F32->BF16 (avoids the scalar F16->BF16 conversion)
 # fold - mma only: like f32, with the block scale multiplied into the weight before the dot
 # prmt - both: byte permute + shift/mask into bf16 and one exact packed multiply (`_e4m3_to_bf16_prmt`)
+# swab's only conversion is "fold": the prmt decode whose packed multiply also applies the block scale
 CONVERTS = {"cvt": 0, "int": 1, "f32": 2, "fold": 3, "prmt": 4}
-_KIND_CONVERTS = {"fma": ("cvt", "int", "prmt"), "mma": ("cvt", "f32", "fold", "prmt")}
+_KIND_CONVERTS = {"fma": ("cvt", "int", "prmt"), "mma": ("cvt", "f32", "fold", "prmt"), "swab": ("fold",),
+                  "swabcp": ("fold",)}
 
 
 def _sm_count(device: torch.device) -> int:
@@ -268,6 +277,7 @@ _SM_COUNT: dict[int, int] = {}
 
 
 def _split_for(tiles: int, k: int, block_k: int, target_programs: int, min_k: int) -> int:
+    """Double the K split while the grid has fewer than ``target_programs`` and each split keeps >= min_k."""
     split = 1
     while tiles * split < target_programs and k // (split * 2) >= max(min_k, block_k):
         split *= 2
@@ -281,20 +291,60 @@ MMA_CONVERT: str | None = None  # None: "prmt" (measured, BENCHMARKS.md)
 FMA_MAX_M = 2      # largest M served by the CUDA-core kernel...
 FMA_MULTI_ROW_MAX_ELEMS = 8192 * 8192  # ...but for M >= 2 only on weights up to this many elements
 MMA_MAX_SPLIT = 4
+# the operand-A Gluon kernel (`gluon_decode`): on by default where it runs (see `swab_config`), also for
+# 16 < M <= SWAB_MAX_M (`kernels.choose_path`)
+SWAB = True
+SWAB_MAX_M = 32  # H200: 0.72-1.09x BF16 at M = 32 (fused kernel 0.49-0.97x); at 64 no better than fused
 
 
 def _fma_serves(m: int, n: int, k: int) -> bool:
     return m <= FMA_MAX_M and (m == 1 or n * k <= FMA_MULTI_ROW_MAX_ELEMS)
 
 
-def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
+def swab_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
+    """Launch policy of the operand-A Gluon kernel, fitted to the H200 sweeps of 2026-11-28
+    (`bench_kernels.py --sweep-swab --llama`: 14 kernel variants x 5 splits per shape and M; BENCHMARKS.md).
+
+    * The cp.async shared-memory ring (``swabcp``), 3 tiles deep, 64-row tiles.
+    * K steps of 256 at M <= 8 for long rows (K >= 8192) and vocabulary-sized N (>= 65536), else 128
+      (at M > 8 x^T is two mma columns wide and the ring holds twice the x bytes).
+    * K split (a power of two, at most 16, >= 512 per split) up to about 3 programs per SM at M <= 8 and
+      4 above; when the N tiles alone exceed that (but not three times), up to four times it, so that
+      the last wave is short. More splits than that cost more in partial sums and short loops than
+      they gain (e.g. 4096 x 4096: 512 programs 13-20 % slower than 256).
+    """
+    wide = m > 8
+    block_k = 256 if not wide and (k >= 8192 or n >= 65536) and k % 256 == 0 else 128
+    tiles = triton.cdiv(n, 64)
+    target = (4 if wide else 3) * sm_count
+
+    def can_double(split: int) -> bool:
+        return split < 16 and k // (split * 2) >= max(512, block_k)
+
+    split = 1
+    if tiles <= target:
+        while can_double(split) and tiles * split * 2 <= target:
+            split *= 2
+    elif tiles < 3 * target:
+        while can_double(split) and tiles * split < 4 * target:
+            split *= 2
+    return DecodeConfig("swabcp", 64, block_k, split, 4, 3, "fold")
+
+
+def default_decode_config(m: int, n: int, k: int, sm_count: int = 132, swab: bool | None = None) -> DecodeConfig:
     """Heuristic launch configuration: split K until ~4 programs per SM (at most 4 ways for the mma kernel).
 
-    Fitted to graph-timed sweeps (BENCHMARKS.md): the GEMV at M = 1 (and at M = 2 on weights up to
-    8192x8192), the tensor-core kernel with the byte-permute E4M3 conversion above. In the H100 sweep of
+    ``swab`` (default: `SWAB`, when Gluon is present): the operand-A Gluon kernel (`gluon_decode`) for the
+    M it serves; callers pass False where it cannot run (fp16 activations, scales outside its fold range).
+    Otherwise, fitted to graph-timed sweeps (BENCHMARKS.md): the GEMV at M = 1 (and at M = 2 on weights up
+    to 8192x8192), the tensor-core kernel with the byte-permute E4M3 conversion above. In the H100 sweep of
     2026-11-28 (`bench_kernels.py --sweep-decode`, 72 tensor-core configurations at M = 2, 4, 16) a
     64-wide tile with 128-wide K steps split 4 ways was the best or within 2 % of it on every shape.
     """
+    from mxmix.runtime.kernels import gluon_decode
+
+    if (SWAB if swab is None else swab) and gluon_decode.supports(m, k, 128):
+        return swab_config(m, n, k, sm_count)
     if _fma_serves(m, n, k):
         block_k = 512 if m == 1 and n >= 14336 else 256
         tiles = triton.cdiv(n, 16)
@@ -308,6 +358,13 @@ def default_decode_config(m: int, n: int, k: int, sm_count: int = 132) -> Decode
 def candidate_configs(m: int, n: int, k: int, sm_count: int = 132) -> list[DecodeConfig]:
     """What the autotuner tries for one (M bucket, N, K): the heuristic's pick and its neighbours."""
     cands = [default_decode_config(m, n, k, sm_count)]
+    from mxmix.runtime.kernels import gluon_decode
+
+    if gluon_decode.supports(m, k, 128):
+        cands += [DecodeConfig(kind, bn, bk, sp, 4, st, "fold")
+                  for kind, bn, bk, st in (("swabcp", 64, 128, 3), ("swabcp", 64, 256, 3), ("swabcp", 64, 128, 4),
+                                           ("swab", 128, 256, 2))
+                  for sp in (1, 2, 4, 8, 16) if k % bk == 0]
     if m <= 2:
         cands += [DecodeConfig("fma", 16, bk, sp, 4, 3) for bk in (256, 512) for sp in (1, 2, 4, 8)]
     if m >= 2:
@@ -390,6 +447,14 @@ def _tile_counters(device: torch.device) -> torch.Tensor:
     return cnt
 
 
+def swab_runs(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int) -> bool:
+    """Whether the operand-A Gluon kernel can serve this call exactly (bf16 activations, shape, scale range)."""
+    from mxmix.runtime.kernels import gluon_decode
+
+    return (x.dtype == torch.bfloat16 and gluon_decode.supports(x.shape[0], x.shape[1], block_k)
+            and gluon_decode.fold_exact(scale))
+
+
 def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                         bias: torch.Tensor | None = None, config: DecodeConfig | None = None,
                         out: torch.Tensor | None = None) -> torch.Tensor:
@@ -399,6 +464,10 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     if x.stride(1) != 1:
         x = x.contiguous()
     cfg = config or tuned_decode_config(x, weight, scale)
+    if cfg.kind in ("swab", "swabcp") and not swab_runs(x, weight, scale, cfg.block_k):
+        cfg = default_decode_config(m, n, k, _sm_count(x.device), swab=False)
+    if cfg.kind == "mma" and cfg.convert == "fold" and x.dtype != torch.bfloat16:
+        cfg = replace(cfg, convert="prmt")  # a folded weight is exact in bf16, not in fp16
     block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)
@@ -417,6 +486,21 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
         cnt = _tile_counters(x.device)
     if cfg.convert not in _KIND_CONVERTS.get(cfg.kind, ()):
         raise ValueError(f"decode kernel {cfg.kind!r} has no conversion {cfg.convert!r}")
+    if cfg.kind in ("swab", "swabcp"):
+        from mxmix.runtime.kernels import gluon_decode
+
+        ring = cfg.num_stages if cfg.kind == "swabcp" else 0
+        try:
+            gluon_decode.launch_swab(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n,
+                                     block_k=cfg.block_k, split=split, k_per_split=k_per_split,
+                                     num_warps=cfg.num_warps, prefetch=0 if ring else cfg.num_stages - 1, ring=ring)
+        except Exception as exc:
+            if config is not None:  # an explicit configuration is an explicit request
+                raise
+            # Gluon is experimental: a Triton whose Gluon differs from 3.6's must not break inference
+            gluon_decode.disable(exc)
+            return mxfp8_decode_matmul(x, weight, scale, bias, out=out)
+        return out
     kernel = _decode_fma_kernel if cfg.kind == "fma" else _decode_mma_kernel
     has_bias = bias is not None
     kernel[(tiles, split)](x, weight, scale, bias if has_bias else out, out, ws, cnt,
