@@ -201,3 +201,21 @@ def test_a_failing_gluon_launch_falls_back_to_triton_once(monkeypatch) -> None:
     monkeypatch.setattr(gd, "AVAILABLE", True)
     with pytest.raises(RuntimeError, match="gluon lowering failed"):
         td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), config=td.DecodeConfig("swabcp", 64, 128, 1, 4, 3, "fold"))
+
+
+def test_misaligned_operands_take_the_triton_kernel() -> None:
+    """Views whose rows or bases are not 16-byte aligned cannot use 16-byte copies: still exact, via Triton."""
+    _gluon()
+    from mxmix.runtime.kernels import triton_decode as td
+
+    gen = torch.Generator().manual_seed(31)
+    q, s = _weights(256, 1024, gen, lo=110, hi=120)
+    wide = torch.randn(5, 1028, generator=gen).to(torch.bfloat16).cuda()
+    x = wide[:, 2:1026]                    # rows 2056 bytes apart, base 4 bytes past an allocation
+    s_pad = torch.zeros(257 * 32 + 4, dtype=torch.uint8, device="cuda")
+    s_view = s_pad[4:4 + 256 * 32].view(256, 32)
+    s_view.copy_(s.cuda())                 # scales 4 bytes past a 16-byte boundary
+    assert not td.swab_runs(x, q.cuda(), s_view, 128)
+    assert td.swab_runs(x.contiguous(), q.cuda(), s.cuda(), 128)
+    y = td.mxfp8_decode_matmul(x, q.cuda(), s_view)
+    assert _rel_err(y, _reference(x, q, s, None)) < REL_TOL

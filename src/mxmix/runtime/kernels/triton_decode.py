@@ -448,10 +448,13 @@ def _tile_counters(device: torch.device) -> torch.Tensor:
 
 
 def swab_runs(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int) -> bool:
-    """Whether the operand-A Gluon kernel can serve this call exactly (bf16 activations, shape, scale range)."""
+    """Whether the operand-A Gluon kernel can serve this call exactly (bf16 activations, shape, scale range)
+    and with its 16-byte copies (16-byte aligned tensors, x rows a multiple of 16 bytes apart)."""
     from mxmix.runtime.kernels import gluon_decode
 
-    return (x.dtype == torch.bfloat16 and gluon_decode.supports(x.shape[0], x.shape[1], block_k)
+    aligned = (x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0 and weight.data_ptr() % 16 == 0
+               and scale.data_ptr() % 16 == 0 and weight.is_contiguous() and scale.is_contiguous())
+    return (x.dtype == torch.bfloat16 and aligned and gluon_decode.supports(x.shape[0], x.shape[1], block_k)
             and gluon_decode.fold_exact(scale))
 
 
