@@ -11,13 +11,14 @@ from mxmix.audit.config_vs_tensors import _orphan_scales, _tensor_lists, tensor_
 from mxmix.audit.structure import _mixed_groups, check_structure
 from mxmix.checkpoint.inspect import ModuleView
 from mxmix.checkpoint.layout import TensorColumns
+from mxmix.checkpoint.modules import LinearTable
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate", "experts", "w1"]
 ENDINGS = [(), (".weight_scale_inv", "_scale_inv"), (".weight_scale", "_scale")]
 
 
 class FakeCheckpoint:
-    """What the checks read of a Checkpoint: ``columns``, ``tensors[name].info`` and ``derived``."""
+    """What the checks read of a Checkpoint: ``columns``, ``row_of``, ``tensors[name].info`` and ``derived``."""
 
     def __init__(self, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> None:
         names = list(tensors)
@@ -30,6 +31,13 @@ class FakeCheckpoint:
         if key not in self._derived:
             self._derived[key] = build()
         return self._derived[key]
+
+    def built(self, key: str) -> Any:
+        return self._derived.get(key)
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        return self.derived("row_of", lambda: {n: i for i, n in enumerate(self.columns.names)})
 
 
 def _random_case(rng: random.Random) -> tuple[FakeCheckpoint, list[ModuleView]]:
@@ -73,11 +81,25 @@ def _random_case(rng: random.Random) -> tuple[FakeCheckpoint, list[ModuleView]]:
     return FakeCheckpoint(tensors), views
 
 
+def _as_own(ckpt: FakeCheckpoint, views: list[ModuleView], rng: random.Random) -> None:
+    """Register ``views`` as the checkpoint's own Linear table (scale rows known, as ``linear_table``
+    finds them), directly or as the module views of that table."""
+    scale_rows = [ckpt.row_of[v.scale] if v.scale else -1 for v in views]
+    weight_rows = [ckpt.row_of[v.weight] for v in views]
+    if rng.random() < 0.5:
+        ckpt._derived["linear_modules"] = LinearTable(views, weight_rows, scale_rows)   # type: ignore[arg-type]
+    else:
+        ckpt._derived["linear_modules"] = LinearTable([object() for _ in views], weight_rows, scale_rows)  # type: ignore[misc]
+        ckpt._derived["module_views"] = list(views)
+
+
 def test_tensor_lists_and_orphans_equal_the_view_by_view_definition() -> None:
     rng = random.Random(2)
     fast_answers = 0
     for _ in range(4000):
         ckpt, views = _random_case(rng)
+        if rng.random() < 0.5:
+            _as_own(ckpt, views, rng)
         endings = rng.choice(ENDINGS)
         mx_rules = rng.random() < 0.85
         lists, known = _tensor_lists(ckpt, views, mx_rules, endings)   # type: ignore[arg-type]
@@ -96,3 +118,58 @@ def test_structure_fast_pass_equals_the_definition() -> None:
         assert found == _mixed_groups(views)
         mixed += bool(found)
     assert 200 < mixed < 3800
+
+
+def test_moe_of_parent_memo_equals_the_definition() -> None:
+    from mxmix.audit.structure import _moe_of_parent, _moe_of_parent_memo
+
+    rng = random.Random(6)
+    parts = ["model", "layers", "3", "mlp", "experts", "experts", "1", "", "x", "shared_experts"]
+    for _ in range(300):
+        memo: dict[str, str | None] = {"": None}
+        parents = [".".join(rng.choice(parts) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 30))]
+        parents += ["experts", ".experts", "a..experts", "experts.experts.x", "a.experts.1.experts", "a.b"]
+        rng.shuffle(parents)
+        for _ in range(2):                       # second pass: answered from the memo
+            for p in parents:
+                assert _moe_of_parent_memo(p, memo) == _moe_of_parent(p), p
+
+
+def _moe_layout(rng: random.Random) -> list[ModuleView]:
+    """A larger MoE-like layout, mostly one precision: the minority-first path of the structure check."""
+    views = []
+    majority = rng.choice(["mxfp8", "bf16"])
+    others = [p for p in ("mxfp8", "bf16", "fp8") if p != majority]
+    for layer in range(rng.randint(1, 4)):
+        base = rng.choice([f"model.layers.{layer}", f"m.experts.{layer}", f"experts.{layer}", ""])
+        dot = base + "." if base else ""
+        names = [f"{dot}self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        names += [f"{dot}mlp.experts.{e}.{p}" for e in range(rng.randint(0, 6)) for p in ("gate_proj", "up_proj", "down_proj")]
+        names += rng.sample(["q_proj", "k_proj", "gate_proj", "up_proj", f"{dot}mlp.experts", f"{dot}mlp.gate",
+                             f"{dot}mlp.experts.x.up_proj", f"{dot}mlp.experts.3.experts.1.up_proj"], rng.randint(0, 3))
+        for name in names:
+            expert = 1 if ".experts." in "." + name and rng.random() < 0.95 else None
+            stacked = name.endswith(".mlp.experts") and rng.random() < 0.5
+            views.append(ModuleView(name, "x", layer, expert, stacked, name + ".weight", "BF16", (16, 32),
+                                    majority, None, {}, 0, 0))
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):                 # a few rows in a minority precision
+        i = rng.randrange(len(views)) if views else 0
+        if views:
+            views[i] = views[i]._replace(precision=rng.choice(others))
+    if rng.random() < 0.3:
+        rng.shuffle(views)
+    return views
+
+
+def test_structure_minority_path_equals_the_definition() -> None:
+    from mxmix.audit.structure import _any_group_mixed, _first_mismatch
+
+    rng = random.Random(8)
+    mixed = 0
+    for _ in range(3000):
+        views = _moe_layout(rng)
+        precisions = [v.precision for v in views]
+        assert _any_group_mixed(views, precisions) == _first_mismatch(views, precisions), views
+        assert check_structure(views) == _mixed_groups(views)
+        mixed += bool(_first_mismatch(views, precisions))
+    assert 300 < mixed < 2700

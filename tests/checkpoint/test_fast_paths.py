@@ -23,6 +23,8 @@ from mxmix.checkpoint.inspect import (
     ModuleView,
     _precision_rank,
     checkpoint_dialect,
+    grouped_sums,
+    grouped_sums_reference,
     inspect_checkpoint,
     layer_summary,
     module_views,
@@ -148,9 +150,14 @@ def header_texts(draw):
     return text, max(data_len, 0)
 
 
-def test_fast_header_reader_agrees_with_the_general_one(tmp_path):
+@pytest.mark.parametrize("kinds_limit", [4096, 1])
+def test_fast_header_reader_agrees_with_the_general_one(tmp_path, kinds_limit, monkeypatch):
     """Every header: read_header's answer (or one-line refusal) is the general path's, and the
-    fast path is taken for what writers emit."""
+    fast path is taken for what writers emit (the remembered dtype+shape texts kept across
+    headers, or cleared at every header)."""
+    import mxmix.checkpoint.safetensors_header as sh
+
+    monkeypatch.setattr(sh, "_KINDS_LIMIT", kinds_limit)
     path = tmp_path / "x.safetensors"
     taken = {"fast": 0, "general": 0}
 
@@ -318,6 +325,9 @@ def tensor_tables(draw):
         dtype = draw(st.sampled_from(["BF16", "F8_E4M3", "F8_E5M2", "F32", "U8", "F8_E8M0", "I8", "F16"]))
         shape = tuple(draw(st.lists(st.integers(0, 3), min_size=1, max_size=3)))
         table[name] = (dtype, shape)
+        if name.endswith(".weight") and draw(st.booleans()):     # and its scale, as writers add it
+            scale = name[:-len("weight")] + draw(st.sampled_from(["weight_scale_inv", "weight_scale"]))
+            table[scale] = (draw(st.sampled_from(["U8", "F8_E8M0", "F32"])), (*shape[:-1], 1))
     return table
 
 
@@ -339,8 +349,10 @@ def _checkpoint(table: dict, shards: int, eager: bool) -> Checkpoint:
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(tensor_tables(), st.integers(1, 3), st.booleans())
-def test_modules_views_and_summary_match_the_references(table, shards, eager):
+@given(tensor_tables(), st.integers(1, 3), st.booleans(), st.booleans())
+def test_modules_views_and_summary_match_the_references(table, shards, eager, by_name):
+    if by_name:           # as writers order them: a weight's scale right after it (the adjacent-scale path)
+        table = dict(sorted(table.items()))
     ckpt = _checkpoint(table, shards, eager)
     mods = linear_modules(ckpt)
     assert mods == _reference_linear_modules(ckpt.tensors)
@@ -437,3 +449,41 @@ def test_gc_pause_restores_the_collector(promote):
     assert gc.isenabled() and gc.get_freeze_count() == 0
     del junk
     assert gc.collect() >= 1
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(["BF16", "F8_E4M3", "U8", "mxfp8", "", "x"]), st.integers(0, 10**12),
+                          st.integers(-5, 5)), max_size=60))
+def test_grouped_sums_equal_the_row_by_row_definition(rows):
+    keys = [k for k, _, _ in rows]
+    a = [x for _, x, _ in rows]
+    b = [y for _, _, y in rows]
+    assert grouped_sums(keys, a, b) == grouped_sums_reference(keys, a, b)
+    assert list(grouped_sums(keys, a)) == list(dict.fromkeys(keys))       # first-appearance order
+    assert grouped_sums(keys) == {k: (keys.count(k),) for k in keys}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.lists(st.sampled_from("abcdefgh"), max_size=5, unique=True), min_size=1, max_size=4),
+       st.dictionaries(st.sampled_from("abcdefghij"), st.integers(0, 4), max_size=10), st.booleans())
+def test_index_exact_cover_equals_the_owner_comparison(shards, edits, exact):
+    """``_index_is_exact`` is True exactly when no name is in two shards and the index maps every
+    name to its shard and nothing else (what the owner dict comparison establishes)."""
+    from mxmix.checkpoint.layout import _index_is_exact
+
+    files = [f"s{k}.safetensors" for k in range(len(shards))]
+    headers = [SafetensorsHeader(Path(f), 8, 8, None, columns=HeaderColumns(names, ["U8"] * len(names),
+                                                                               [()] * len(names),
+                                                                               list(range(len(names))),
+                                                                               list(range(1, len(names) + 1))))
+               for f, names in zip(files, shards)]
+    weight_map = {n: f for f, names in zip(files, shards) for n in names}
+    if not exact:      # edit it: wrong shards, extra names, dropped names
+        for name, k in edits.items():
+            if k == 4:
+                weight_map.pop(name, None)
+            else:
+                weight_map[name] = f"s{k}.safetensors"
+    distinct = sum(map(len, shards)) == len({n for names in shards for n in names})
+    owner = {n: f for f, names in zip(files, shards) for n in names}
+    assert _index_is_exact(headers, files, weight_map) == (distinct and owner == weight_map)

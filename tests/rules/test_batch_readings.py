@@ -104,19 +104,36 @@ def _contains(needle: str, subject: str, dots: bool) -> bool:
                for i in range(len(subject) - n + 1))
 
 
+def _starts(needle: str, subject: str, dots: bool) -> bool:
+    return len(subject) >= len(needle) and _contains(needle, subject[:len(needle)], dots)
+
+
+@pytest.mark.parametrize("anchored", [False, True])
 @pytest.mark.parametrize("dots", [False, True])
-def test_needle_filter_never_misses(dots: bool) -> None:
+def test_needle_filter_never_misses(dots: bool, anchored: bool) -> None:
     rng = random.Random(7)
     alphabet = "ab.c3\n"
+    test = _starts if anchored else _contains
     for _ in range(3000):
         needles = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 5))]
         subjects = ["".join(rng.choice(alphabet[:-1]) for _ in range(rng.randint(0, 9))) for _ in range(rng.randint(1, 12))]
-        found = NeedleFilter(needles, dots=dots).candidates(subjects)
+        found = NeedleFilter(needles, dots=dots, anchored=anchored).candidates(subjects)
         if found is None:
             assert "" in needles or any("\n" in n for n in needles)
             continue
-        truth = {i for i, s in enumerate(subjects) if any(_contains(n, s, dots) for n in needles)}
+        truth = {i for i, s in enumerate(subjects) if any(test(n, s, dots) for n in needles)}
         assert truth <= found
+        # and it does filter: a reported subject holds (anchored: starts with) some needle's first character
+        assert found <= {i for i, s in enumerate(subjects) if any(test(n[:1], s, dots) for n in needles)}
+
+
+def test_anchored_needle_filter_reports_only_line_starts() -> None:
+    subjects = ["model.layers.3.mlp", "x.model.layers.3.mlp", "model.layers.34.mlp", "", "model.layers"]
+    assert NeedleFilter(["model.layers.3."]).candidates(subjects) == {0, 1}
+    assert NeedleFilter(["model.layers.3."], dots=True).candidates(subjects) == {0, 1, 2}
+    assert NeedleFilter(["model.layers.3."], anchored=True).candidates(subjects) == {0}
+    assert NeedleFilter(["model.layers.3."], dots=True, anchored=True).candidates(subjects) == {0, 2}
+    assert NeedleFilter(["model"], anchored=True).candidates(["model"] * 3 + ["amodel"]) == {0, 1, 2}
 
 
 def test_needle_filter_small_budget_still_sound(monkeypatch: pytest.MonkeyPatch) -> None:

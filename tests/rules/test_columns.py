@@ -83,6 +83,8 @@ def test_plan_rows_disagreements_and_misreads_follow_the_columns() -> None:
         decisions = {e: list(columns[e]) for e in engines}
         expected_rows = [PlanRow(m, {e: decisions[e][i] for e in engines}) for i, m in enumerate(modules)]
         assert plan.rows == expected_rows
+        assert plan.distinct_paths == list(dict.fromkeys(paths))
+        assert (plan.distinct_paths is plan.paths) == (len(set(paths)) == len(paths))
         assert plan.disagreements() == {e: sum(r.disagrees(e) for r in expected_rows) for e in engines}
         quantized = [m.quantized for m in modules]
         bf16 = [i for i, q in enumerate(quantized) if not q]

@@ -71,8 +71,8 @@ def test_string_indexes_match_reference(seed):
                  (EndsWithIndex(entries), Loop(entries, ends_with)),
                  (ContainedInIndex(entries), Loop(entries, contained_in))]
         wild = DotWildcardIndex(entries)
-        for _ in range(10):
-            s = _text(rng, 20, alphabet + ("\n" if rng.random() < 0.1 else ""))
+        subjects = [_text(rng, 20, alphabet + ("\n" if rng.random() < 0.1 else "")) for _ in range(10)]
+        for s in subjects * 2:   # the second time from the indexes' memos
             for fast, ref in pairs:
                 assert fast.first(s) == ref.first(s), (type(fast).__name__, entries, s)
             expected = next((i for i, r in entries if re.match(r + DOT_BOUNDARY, s)), None)
@@ -119,3 +119,13 @@ def test_dead_rules_match_one_rule_at_a_time(seed):
             if not any(compiled.decide(m).decision in (KEEP, ERROR) for m in modules):
                 expected.append(rule)
         assert _dead_rules(rules, modules, runtime_path_map(modules)) == expected, (rules, modules)
+
+
+def test_dot_wildcard_literal_test_equals_its_definition():
+    from mxmix.rules.primitives import _REGEX_META, is_dot_wildcard_literal
+
+    rng = random.Random(4)
+    alphabet = list(".^$*+?{}[]|()\\ab0_")
+    for _ in range(5000):
+        rule = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        assert is_dot_wildcard_literal(rule) == (not (_REGEX_META - {"."}) & set(rule) and "\\" not in rule)

@@ -152,3 +152,21 @@ def test_lint_with_decided_columns_equals_lint_alone(seed):
         fed = lint(rules, modules, engines, decided_columns=columns, runtime=runtime, backend=backend)
         as_maps = lint(rules, modules, engines, decided={e: dict(zip(modules, c)) for e, c in columns.items()})
         assert fed == alone == as_maps
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_contained_in_memo_answers_repeated_subjects(seed, monkeypatch):
+    """The experts branch's index remembers each subject's answer: a second pass (and a memo that
+    was cleared when full) answers as the plain loop does."""
+    from mxmix.rules.primitives import ContainedInIndex, contained_in
+
+    rng = random.Random(seed)
+    monkeypatch.setattr(ContainedInIndex, "MEMO_LIMIT", 7)
+    for _ in range(100):
+        rules = [_rule(rng) for _ in range(rng.randint(0, 25))] + ["a\0b"] * rng.randint(0, 1)
+        entries = [(i, r) for i, r in enumerate(rules) if "experts" in r or rng.random() < 0.3]
+        fast, ref = ContainedInIndex(entries), Loop(entries, contained_in)
+        subjects = [_path(rng) for _ in range(20)] + [r[: rng.randint(0, len(r))] for r in rules[:5]] + ["\0", "b"]
+        for _ in range(2):
+            for s in subjects:
+                assert fast.first(s) == ref.first(s), (entries, s)

@@ -95,7 +95,9 @@ def audit_checkpoint(path_or_ckpt: Any, *, engines: Sequence[str] | None = None,
     """
     from mxmix.checkpoint.safetensors_header import _gc_paused
 
-    with _gc_paused():   # ~10^5 small acyclic objects (decisions, views); cyclic GC passes only cost time
+    # ~10^5 small acyclic objects (decisions, views), kept with the result: cyclic GC passes only cost
+    # time, during the audit and in the first young collection after it (promoted)
+    with _gc_paused(promote=True):
         return _audit(path_or_ckpt, engines, check_scales, lint_rules, progress)
 
 
@@ -106,6 +108,7 @@ def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool,
     from mxmix.audit.structure import check_structure
     from mxmix.checkpoint.inspect import checkpoint_dialect, module_views
     from mxmix.checkpoint.layout import Checkpoint
+    from mxmix.checkpoint.modules import precisions_of
     from mxmix.rules import ENGINES, get_engine
     from mxmix.rules.plan import plan_checkpoint
     from mxmix.rules.primitives import Backend
@@ -124,10 +127,12 @@ def _audit(path_or_ckpt: Any, engines: Sequence[str] | None, check_scales: bool,
     dialect = checkpoint_dialect(ckpt)
     declared = bool(plan.quant_method)
     checked = views if views is not None else modules
-    findings = check_config_vs_tensors(ckpt, checked, plan.column("canonical") if declared else None, dialect)
+    precisions = precisions_of(checked)
+    findings = check_config_vs_tensors(ckpt, checked, plan.column("canonical") if declared else None, dialect,
+                                       precisions=precisions)
     engine_findings, verdicts = check_engines(plan, [e for e in judged if e != "canonical"])
     findings += engine_findings
-    findings += check_structure(checked)
+    findings += check_structure(checked, precisions=precisions)
     if lint_rules and declared:
         findings += _lint_findings(ckpt, judged, plan, backend)
     scales_checked = None
@@ -164,9 +169,11 @@ def _lint_findings(ckpt: Any, engines: list[str], plan: Any, backend: Any) -> li
     grouped: dict[tuple[str, str], dict[str, Any]] = {}
     # the modules lint judges: each plan row's path once (stacked experts share one), in row order
     paths = plan.paths
-    first_row: dict[str, int] = dict(zip(reversed(paths), range(len(paths) - 1, -1, -1)))
-    aligned = len(first_row) == len(paths)
-    first_rows = list(range(len(paths))) if aligned else sorted(first_row.values())
+    aligned = plan.distinct_paths is paths
+    first_rows: list[int] = []
+    if not aligned:
+        first_row: dict[str, int] = dict(zip(reversed(paths), range(len(paths) - 1, -1, -1)))
+        first_rows = sorted(first_row.values())
     modules = paths if aligned else [paths[i] for i in first_rows]
     for rules, keys in lists.items():
         if not rules:

@@ -8,10 +8,13 @@ name, K not a multiple of 32) are checked here too: they break every reader.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
-from itertools import compress, repeat
-from operator import attrgetter, gt, is_not, lt
+from itertools import compress, count, repeat
+from operator import attrgetter, gt, is_, is_not, lt, not_
+from typing import Any
 
+from mxmix.audit.engines import misread_rows
 from mxmix.audit.findings import Finding, add_finding
 from mxmix.checkpoint.dialects import DIALECTS, SCALE_SUFFIXES
 from mxmix.checkpoint.inspect import BLOCK, FP8, MXFP8, SCALE_DTYPES, ModuleView, expected_scale_shape
@@ -21,14 +24,17 @@ from mxmix.rules.column import Column
 from mxmix.rules.decision import ERROR, KEEP, Decision
 
 QUANTIZED = (MXFP8, FP8)
+_QUANTIZED = frozenset(QUANTIZED)
 _PATH, _SCALE, _DTYPE, _SHAPE = map(attrgetter, ("path", "scale", "dtype", "shape"))
 
 
 def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView] | Sequence[LinearModule],
-                            canonical: Mapping[str, Decision] | Column | None, dialect: str) -> list[Finding]:
+                            canonical: Mapping[str, Decision] | Column | None, dialect: str, *,
+                            precisions: Sequence[str] | None = None) -> list[Finding]:
     """``views``: module views, or the Linear modules themselves (the fields read are the same).
     ``canonical``: module path -> the canonical reading's decision, or the plan's canonical column
-    over these very modules (row by row); None when the config declares no quantization."""
+    over these very modules (row by row); None when the config declares no quantization.
+    ``precisions``: ``precisions_of(views)``, when the caller has it."""
     out: list[Finding] = []
     declared = canonical is not None
     keeps_fp8, quantizes_bf16, raises = [], [], []
@@ -44,17 +50,19 @@ def check_config_vs_tensors(ckpt: Checkpoint, views: Sequence[ModuleView] | Sequ
             f"the checkpoint declares {dialect.removeprefix('other:')!r}, not an MXFP8 dialect: MX scale checks skipped",
             "Only the skip list and precision checks apply; scale tensors follow that method's own format.", ()))
     paths = list(map(_PATH, views))
-    precisions = precisions_of(views)
+    if precisions is None:
+        precisions = precisions_of(views)
     if isinstance(canonical, Column) and canonical.asked == paths:
-        # row-aligned column: compare outcome lists; Decisions only for the rows that raise
-        outcomes = canonical.outcomes()
-        keeps_fp8 = [p for p, o, q in zip(paths, outcomes, precisions) if o == KEEP and q in QUANTIZED]
-        quantizes_bf16 = [p for p, o, q in zip(paths, outcomes, precisions)
-                          if o != KEEP and o != ERROR and q not in QUANTIZED]
-        if ERROR in outcomes:
-            for i in [i for i, o in enumerate(outcomes) if o == ERROR]:
-                raises.append(paths[i])
-                reasons.setdefault(canonical[i].reason, paths[i])
+        # row-aligned column: the rows it misreads, found as the engine check finds them (from its
+        # decided paths and the stored-BF16 rows); Decisions only for the rows that raise
+        quantized = list(map(_QUANTIZED.__contains__, precisions))
+        bf16_rows = list(compress(count(), map(not_, quantized)))
+        keep_rows, quantize_rows, error_rows = misread_rows(canonical, quantized, bf16_rows)
+        keeps_fp8 = list(map(paths.__getitem__, keep_rows))
+        quantizes_bf16 = list(map(paths.__getitem__, quantize_rows))
+        for i in error_rows:
+            raises.append(paths[i])
+            reasons.setdefault(canonical[i].reason, paths[i])
     elif declared:
         get_decision = (canonical.get if not isinstance(canonical, Column)
                         else dict(zip(canonical.asked, canonical)).get)
@@ -138,44 +146,54 @@ TENSOR_LISTS = ("missing_scale", "bad_scale_dtype", "non_mx", "bad_scale_shape",
 
 def _tensor_lists(ckpt: Checkpoint, views: Sequence[ModuleView], mx_rules: bool, endings: tuple[str, ...]
                   ) -> tuple[dict[str, list[str]], list[str] | None]:
-    """The tensor checks' module lists (names in ``TENSOR_LISTS``; absent = empty), and every view's
-    scale name when each is known to be a tensor and no view shares one (else None).
+    """The tensor checks' module lists (names in ``TENSOR_LISTS``; absent = empty), and the rows (in
+    ``ckpt.columns``) of every view's scale when each is known to be a tensor and no view shares one
+    (else None).
 
     Whether any view fails a check is decided on columns (distinct dtypes, shapes and name endings,
     compared in C); only then does ``tensor_lists_by_view`` sort the views one by one."""
     scales = list(map(_SCALE, views))
     dtypes = list(map(_DTYPE, views))
-    fp8 = list(map(str.startswith, dtypes, repeat("F8_")))
+    is_fp8 = {d: d.startswith("F8_") for d in set(dtypes)}      # a handful of distinct dtypes
+    fp8 = list(map(is_fp8.__getitem__, dtypes))
     has_scale = list(map(is_not, scales, repeat(None)))
-    if any(map(lt, fp8, has_scale)):                       # a BF16 weight with a scale
+    aligned = fp8 == has_scale                             # every FP8 weight has a scale, no other does
+    if not aligned and any(map(lt, fp8, has_scale)):       # a BF16 weight with a scale
         return tensor_lists_by_view(ckpt, views, mx_rules, endings), None
     if not mx_rules:
         return {}, None
-    if any(map(gt, fp8, has_scale)):                       # an FP8 weight without one
+    if not aligned and any(map(gt, fp8, has_scale)):       # an FP8 weight without one
         return tensor_lists_by_view(ckpt, views, mx_rules, endings), None
     sel = list(compress(scales, fp8))                      # FP8 weights' scales: every FP8 weight has one
     if not sel:
         return {}, []
     # the scales' header entries from the checkpoint's columns (``ckpt.tensors`` is not built for this)
     columns = ckpt.columns
-    where = list(map(_tensor_positions(ckpt).__getitem__, sel))
+    own = _own_scale_rows(ckpt, views)
+    where = list(compress(own, fp8)) if own is not None else list(map(ckpt.row_of.__getitem__, sel))
     shapes = list(compress(map(_SHAPE, views), fp8))
     expected = {shape: expected_scale_shape(shape) for shape in set(shapes)}
     clean = (set(map(columns.dtypes.__getitem__, where)) <= SCALE_DTYPES
              and set(compress(dtypes, fp8)) == {"F8_E4M3"}
-             and list(map(expected.__getitem__, shapes)) == list(map(tuple, map(columns.shapes.__getitem__, where)))
+             # (header shapes are tuples; one that is not compares unequal: the definition then decides)
+             and list(map(expected.__getitem__, shapes)) == list(map(columns.shapes.__getitem__, where))
              and not any(shape and shape[-1] % BLOCK for shape in expected)
              and (not endings or all(map(str.endswith, sel, repeat(endings)))))
     distinct = len(set(where)) == len(where)
-    return ({} if clean else tensor_lists_by_view(ckpt, views, mx_rules, endings)), (sel if distinct else None)
+    return ({} if clean else tensor_lists_by_view(ckpt, views, mx_rules, endings)), (where if distinct else None)
 
 
-def _tensor_positions(ckpt: Checkpoint) -> dict[str, int]:
-    """Tensor name -> its index in ``ckpt.columns`` (once per opened checkpoint)."""
-    def build() -> dict[str, int]:
-        names = ckpt.columns.names
-        return dict(zip(names, range(len(names))))
-    return ckpt.derived("audit.tensor_positions", build)
+def _own_scale_rows(ckpt: Checkpoint, views: Sequence[Any]) -> list[int] | None:
+    """Each view's scale row in ``ckpt.columns`` (-1: none), when ``views`` are the checkpoint's own
+    Linear modules or their module views, in that order (``linear_table`` found those rows); else None."""
+    built = getattr(ckpt, "built", None)
+    table = built("linear_modules") if built is not None else None
+    if table is None or len(table.modules) != len(views):
+        return None
+    for own in (table.modules, built("module_views")):
+        if own is not None and len(own) == len(views) and all(map(is_, views, own)):
+            return table.scale_rows
+    return None
 
 
 def tensor_lists_by_view(ckpt: Checkpoint, views: Sequence[ModuleView], mx_rules: bool,
@@ -215,16 +233,20 @@ def _shapes(ckpt: Checkpoint, views: Sequence[ModuleView], path: str) -> dict[st
             "expected": list(expected_scale_shape(v.shape))}
 
 
-def _orphan_scales(ckpt: Checkpoint, views: Sequence[ModuleView], known: list[str] | None = None) -> list[Finding]:
-    """``known``: every view's scale name, each a tensor of the checkpoint and none repeated (or None)."""
+def _orphan_scales(ckpt: Checkpoint, views: Sequence[ModuleView], known: list[int] | None = None) -> list[Finding]:
+    """``known``: the rows (in ``ckpt.columns``) of every view's scale, each a tensor of the checkpoint
+    and none repeated (or None)."""
     # a scale tensor: ``rpartition(".")[2] in SCALE_SUFFIXES`` (ends with ".<suffix>", or is a bare suffix)
     endings = tuple("." + s for s in SCALE_SUFFIXES)
     names = ckpt.columns.names
     if known is not None:
-        # none is orphaned when there are as many scale tensors as views own: count, do not list
-        scales = sum(map(str.endswith, names, repeat(endings))) + len(set(SCALE_SUFFIXES) & _tensor_positions(ckpt).keys())
-        owned_scales = sum(map(str.endswith, known, repeat(endings))) + sum(map(known.count, SCALE_SUFFIXES))
-        if scales == owned_scales:
+        # none is orphaned when no tensor the views do not own is a scale: mark the owned rows, look
+        # at the others only
+        owned = bytearray(len(names))
+        deque(map(owned.__setitem__, known, repeat(1)), maxlen=0)      # C-level marking
+        row_of = ckpt.row_of
+        if (not any(map(str.endswith, compress(names, map(not_, owned)), repeat(endings)))
+                and all(owned[row_of[s]] for s in set(SCALE_SUFFIXES) & row_of.keys())):
             return []
     owned = {v.scale for v in views if v.scale}
     orphans = [n for n in names if n.rpartition(".")[2] in SCALE_SUFFIXES and n not in owned]

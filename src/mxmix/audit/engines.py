@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress, count
+from operator import not_
 from typing import Any
 
 from mxmix.audit.findings import Finding
@@ -60,7 +62,7 @@ def check_engines(plan: Plan, engines: Sequence[str]) -> tuple[list[Finding], li
         return findings, verdicts   # no quantization_config: engines load everything unquantized (config check)
     row_paths = plan.paths
     quantized = plan.quantized
-    bf16_rows = [i for i, q in enumerate(quantized) if not q]
+    bf16_rows = list(compress(count(), map(not_, quantized)))
     for engine in engines:
         info = get_engine(engine)
         applies = plan.dialect in info.dialects
@@ -143,12 +145,13 @@ def misread_rows(column: Column, quantized: Sequence[bool], bf16_rows: Sequence[
             keep_rows += [i for i in rows_of[p] if quantized[i]]
         elif outcome == ERROR:
             error_rows += rows_of[p]
+    # a stored-BF16 row is quantized unless its asked path was decided otherwise (the quiet verdict,
+    # if any, is QUANTIZE here)
+    other = {p for p, d in found.items() if d[2] != QUANTIZE}
     asked = column.asked
-    get = found.get
-    quantize_rows = [i for i in bf16_rows if (get(asked[i]) or _QUIET)[2] == QUANTIZE]
+    quantize_rows = (list(bf16_rows) if not other else
+                     list(compress(bf16_rows, map(not_, map(other.__contains__, map(asked.__getitem__, bf16_rows))))))
     keep_rows.sort()
     error_rows.sort()
     return keep_rows, quantize_rows, error_rows
 
-
-_QUIET = ("", "", QUANTIZE)

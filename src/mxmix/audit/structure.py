@@ -8,31 +8,99 @@ cannot be loaded as written, whatever the skip list says.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from itertools import compress, count, repeat
+from operator import attrgetter, ne
+from typing import Any
 
 from mxmix.audit.findings import Finding
 from mxmix.checkpoint.inspect import ModuleView
 from mxmix.checkpoint.modules import LinearModule, precisions_of
 from mxmix.rules.decision import DEFAULT_FUSED
+from mxmix.rules.primitives import NeedleFilter
 
 _SHARD_OF = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
 
 
-def check_structure(views: Sequence[ModuleView] | Sequence[LinearModule]) -> list[Finding]:
+def check_structure(views: Sequence[ModuleView] | Sequence[LinearModule], *,
+                    precisions: Sequence[str] | None = None) -> list[Finding]:
     """Findings for fused shards and FusedMoE experts stored in different precisions.
 
-    ``views``: module views, or the Linear modules themselves (the fields read are the same).
+    ``views``: module views, or the Linear modules themselves (the fields read are the same);
+    ``precisions``: ``precisions_of(views)``, when the caller has it.
 
-    One pass finds whether any group mixes precisions (first precision per group, compared); only
-    then are the groups' members collected (``_mixed_groups``), so a clean checkpoint costs one
-    dict lookup or two per module."""
+    Whether any group mixes precisions is decided first (``_any_group_mixed``); only then are the
+    groups' members collected (``_mixed_groups``, the definition)."""
+    if precisions is None:
+        precisions = precisions_of(views)
+    return _mixed_groups(views) if _any_group_mixed(views, precisions) else []
+
+
+def _any_group_mixed(views: Sequence[Any], precisions: Sequence[str]) -> bool:
+    """Whether some fused group or FusedMoE holds two precisions.
+
+    A mixed group holds a row of a minority precision (any but the commonest). The minority rows'
+    groups are found one by one (10^3 rows where 10^5 are stored alike); a majority row can only
+    mix one of those if its path starts with that group's prefix (the fused module's parent, or the
+    FusedMoE path), which one anchored needle scan over all paths finds in C. When that scan cannot
+    filter (an empty prefix) or the minority is large, every row is looked at (``_first_mismatch``)."""
+    counts = Counter(precisions)
+    if len(counts) <= 1:
+        return False
+    majority, most = counts.most_common(1)[0]
+    if 4 * (len(precisions) - most) > len(precisions):
+        return _first_mismatch(views, precisions)
+    moe_memo: dict[str, str | None] = {"": None}
+    first: dict[tuple[str, ...], str] = {}        # group -> the minority precision seen first
+    for i in compress(count(), map(ne, precisions, repeat(majority))):
+        precision = precisions[i]
+        for group in _groups_of(views[i], moe_memo):
+            if first.setdefault(group, precision) != precision:
+                return True
+    if not first:
+        return False
+    prefixes = [(g[1] + "." if g[1] else "") if g[0] == "fused" else g[1] for g in first]
+    candidates = NeedleFilter(prefixes, anchored=True).candidates(list(map(_PATH, views)))
+    if candidates is None:
+        return _first_mismatch(views, precisions)
+    for i in candidates:
+        if precisions[i] == majority:
+            for group in _groups_of(views[i], moe_memo):
+                if group in first:       # a minority precision, and this majority one
+                    return True
+    return False
+
+
+def _groups_of(v: Any, moe_memo: dict[str, str | None]) -> list[tuple[str, ...]]:
+    """The groups view ``v`` belongs to: ("fused", parent, fused name) and ("moe", FusedMoE path)."""
+    path = v.path
+    if v.stacked:
+        return [("moe", path)]
+    parent, _, last = path.rpartition(".")
+    out = []
+    fused = _SHARD_OF.get(last)
+    if fused is not None:
+        out.append(("fused", parent, fused))
+    if v.expert is not None:
+        if last == "experts":
+            out.append(("moe", path))
+        else:
+            moe = moe_memo.get(parent, "")
+            if moe == "":
+                moe = _moe_of_parent_memo(parent, moe_memo)
+            if moe is not None:
+                out.append(("moe", moe))
+    return out
+
+
+def _first_mismatch(views: Sequence[Any], precisions: Sequence[str]) -> bool:
+    """``_any_group_mixed`` row by row: the first precision per group, compared (one pass)."""
     first_fused: dict[tuple[str, str], str] = {}
     first_moe: dict[str, str] = {}
-    moe_of_parent: dict[str, str | None] = {}
-    mixed = False
+    moe_of_parent: dict[str, str | None] = {"": None}
     shard_of = _SHARD_OF
-    for v, precision in zip(views, precisions_of(views)):
+    for v, precision in zip(views, precisions):
         path = v.path
         if v.stacked:
             moe: str | None = path
@@ -40,8 +108,7 @@ def check_structure(views: Sequence[ModuleView] | Sequence[LinearModule]) -> lis
             parent, _, last = path.rpartition(".")
             fused = shard_of.get(last)
             if fused is not None and first_fused.setdefault((parent, fused), precision) != precision:
-                mixed = True
-                break
+                return True
             if v.expert is None:
                 continue
             if last == "experts":
@@ -49,22 +116,43 @@ def check_structure(views: Sequence[ModuleView] | Sequence[LinearModule]) -> lis
             else:
                 moe = moe_of_parent.get(parent, "")
                 if moe == "":
-                    moe = moe_of_parent[parent] = _moe_of_parent(parent)
+                    moe = _moe_of_parent_memo(parent, moe_of_parent)
                 if moe is None:
                     continue
         if first_moe.setdefault(moe, precision) != precision:
-            mixed = True
-            break
-    return _mixed_groups(views) if mixed else []
+            return True
+    return False
+
+
+_PATH = attrgetter("path")
 
 
 def _moe_of_parent(parent: str) -> str | None:
-    """``_moe_module`` of a non-stacked expert view whose path is ``parent.<last>``, last != "experts"."""
+    """``_moe_module`` of a non-stacked expert view whose path is ``parent.<last>``, last != "experts":
+    ``parent`` up to its last ``experts`` component, else None (the definition)."""
     parts = parent.split(".")
     if "experts" not in parts:
         return None
     k = len(parts) - 1 - parts[::-1].index("experts")
     return ".".join(parts[:k + 1])
+
+
+def _moe_of_parent_memo(parent: str, memo: dict[str, str | None]) -> str | None:
+    """``_moe_of_parent`` from the answer for the parent's own parent (``memo`` holds ``""``: None):
+    a path's answer is itself when it ends in ``experts``, else its parent's. Walks up only to the
+    nearest known ancestor (10^4 expert parents share 10^2 grandparents)."""
+    pending = []
+    p = parent
+    while p not in memo:
+        head, _, c = p.rpartition(".")
+        pending.append((p, c))
+        p = head
+    moe = memo[p]
+    for p, c in reversed(pending):
+        if c == "experts":
+            moe = p
+        memo[p] = moe
+    return moe
 
 
 def _mixed_groups(views: Sequence[ModuleView]) -> list[Finding]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -276,18 +276,18 @@ def _inspect(ckpt: Checkpoint, modules: Sequence[ModuleView] | None) -> InspectS
     dtypes, nbytes = cols.dtypes, cols.nbytes
     by_dtype: dict[str, dict[str, int]] = {}
     # whole-list sums per distinct value (a handful of dtypes and precisions over 10^5 tensors)
-    for dtype in sorted(set(dtypes)):
-        mask = list(map(dtype.__eq__, dtypes))
-        size = sum(itertools.compress(nbytes, mask))
-        by_dtype[dtype] = {"tensors": sum(mask), "params": size // DTYPE_SIZES[dtype], "bytes": size}
+    totals = grouped_sums(dtypes, nbytes)
+    for dtype in sorted(totals):
+        count, size = totals[dtype]
+        by_dtype[dtype] = {"tensors": count, "params": size // DTYPE_SIZES[dtype], "bytes": size}
     precisions = list(map(_PRECISION, views))
     params = list(map(_PARAMS, views))
     sizes = list(map(_NBYTES, views))
     linear = {}
-    for precision in sorted(set(precisions), key=_precision_rank):
-        mask = list(map(precision.__eq__, precisions))
-        linear[precision] = {"modules": sum(mask), "params": sum(itertools.compress(params, mask)),
-                             "bytes": sum(itertools.compress(sizes, mask))}
+    totals = grouped_sums(precisions, params, sizes)
+    for precision in sorted(totals, key=_precision_rank):
+        count, size, nbytes_of = totals[precision]
+        linear[precision] = {"modules": count, "params": size, "bytes": nbytes_of}
     linear_bytes = sum(sizes)
     linear_params_all = sum(params)
     linear_companion_params = sum(map(math.prod, map(_SECOND, itertools.chain.from_iterable(
@@ -300,6 +300,35 @@ def _inspect(ckpt: Checkpoint, modules: Sequence[ModuleView] | None) -> InspectS
         shards=len(ckpt.headers), tensors=len(cols.names), modules=views, by_dtype=by_dtype,
         linear_by_precision=linear, other_params=total_params - linear_params_all - linear_companion_params,
         other_bytes=total_bytes - linear_bytes, layers=layer_summary(views), skip_keys=skip_key_values(ckpt))
+
+
+def grouped_sums(keys: Sequence[Any], *columns: Sequence[int]) -> dict[Any, tuple[int, ...]]:
+    """Per distinct key (in order of first appearance): (how many rows hold it, then the sum of each
+    column over those rows). Counted in C; each column summed per key but the last, which takes the
+    rest of the column's total (a handful of keys over 10^5 rows)."""
+    counts = Counter(keys)
+    distinct = list(counts)
+    rest = [sum(column) for column in columns]
+    out: dict[Any, tuple[int, ...]] = {}
+    for n, key in enumerate(distinct):
+        if n == len(distinct) - 1:
+            sums = rest
+        else:
+            sums = [sum(itertools.compress(column, map(operator.eq, keys, itertools.repeat(key)))) for column in columns]
+            rest = list(map(operator.sub, rest, sums))
+        out[key] = (counts[key], *sums)
+    return out
+
+
+def grouped_sums_reference(keys: Sequence[Any], *columns: Sequence[int]) -> dict[Any, tuple[int, ...]]:
+    """The definition of :func:`grouped_sums`, row by row (for tests)."""
+    out: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        acc = out.setdefault(key, [0] * (1 + len(columns)))
+        acc[0] += 1
+        for j, column in enumerate(columns):
+            acc[1 + j] += column[i]
+    return {k: tuple(v) for k, v in out.items()}
 
 
 _PRECISION = operator.attrgetter("precision")

@@ -203,22 +203,30 @@ class Checkpoint:
         if index_path.exists():
             index = read_json_file(index_path, f"{root}/{INDEX_NAME}")
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            # JSON object keys are always strings; the values must be file names (set(map(...)): C speed).
-            if not isinstance(weight_map, dict) or not set(map(type, weight_map.values())) <= {str}:
+            # JSON object keys are always strings; the values must be file names. Their types are read
+            # off the distinct values (a str equals no other JSON value; an unhashable one is refused).
+            try:
+                files = list(dict.fromkeys(weight_map.values())) if isinstance(weight_map, dict) else None
+            except TypeError:
+                files = None
+            if files is None or not set(map(type, files)) <= {str}:
                 raise CheckpointError(f"{root}/{INDEX_NAME}: 'weight_map' must map tensor names to file names")
             if not weight_map:
                 raise CheckpointError(f"{root}/{INDEX_NAME}: 'weight_map' lists no tensors")
-            files = list(dict.fromkeys(weight_map.values()))
             paths = _shard_paths(root, files, f"{root}/{INDEX_NAME}")
-            with _gc_paused():   # many small acyclic objects: no point scanning them mid-build
+            # many small acyclic objects, kept with the checkpoint: no point scanning them mid-build,
+            # nor in the first young collection after it (promoted)
+            with _gc_paused(promote=True):
                 headers = [read_header(p) for p in paths]
-            owner = _owners(headers, files)
-            # every index entry names the shard that holds it (dict comparisons: C speed for 10^5 names)
-            if owner != weight_map and not weight_map.items() <= owner.items():
-                for name, fname in weight_map.items():
-                    if owner.get(name) != fname:
-                        raise CheckpointError(
-                            f"{root}/{INDEX_NAME}: tensor {name!r} is not in shard {fname!r} as the index says")
+            # every index entry names the shard that holds it, and no name is in two shards
+            if not _index_is_exact(headers, files, weight_map):
+                owner = _owners(headers, files)
+                # (dict comparisons: C speed for 10^5 names)
+                if owner != weight_map and not weight_map.items() <= owner.items():
+                    for name, fname in weight_map.items():
+                        if owner.get(name) != fname:
+                            raise CheckpointError(
+                                f"{root}/{INDEX_NAME}: tensor {name!r} is not in shard {fname!r} as the index says")
         else:
             paths = sorted(p for p in root.glob("*.safetensors") if p.is_file())
             if not paths:
@@ -227,7 +235,9 @@ class Checkpoint:
                 raise CheckpointError(f"{root}: no .safetensors weights{hint}")
             for p in paths:
                 confined(root, p.name, str(root))
-            with _gc_paused():   # many small acyclic objects: no point scanning them mid-build
+            # many small acyclic objects, kept with the checkpoint: no point scanning them mid-build,
+            # nor in the first young collection after it (promoted)
+            with _gc_paused(promote=True):
                 headers = [read_header(p) for p in paths]
             _owners(headers, range(len(headers)))
         tensors = None   # built on first use (Checkpoint.tensors); the names are known distinct
@@ -278,6 +288,20 @@ def _shard_paths(root: Path, files: list[str], what: str) -> list[Path]:
         if not p.is_file():
             raise CheckpointError(f"{what}: shard {f!r} is not a regular file")
     return [root / f for f in files]
+
+
+def _index_is_exact(headers: list[SafetensorsHeader], files: list[str], weight_map: dict[str, Any]) -> bool:
+    """True when the headers hold exactly the index's tensors, each in the shard the index names
+    (then no name is in two shards either: it would name one shard of the two). Counts, in C; False
+    leaves the precise checks (and their messages) to ``_owners`` and the comparison after it."""
+    total = 0
+    get = weight_map.get
+    for h, fname in zip(headers, files):
+        names = h.columns.names
+        if list(map(get, names)).count(fname) != len(names):
+            return False
+        total += len(names)
+    return total == len(weight_map)
 
 
 def _owners(headers: list[SafetensorsHeader], labels: Any) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def precisions_of(items: Sequence[Any]) -> list[str]:
     scale dtype are (dtype, scale dtype, has scale) keys formed. Any other object (a ``ModuleView``)
     is asked."""
     if not items or set(map(type, items)) != {LinearModule}:
-        return [m.precision for m in items]
+        return list(map(_PRECISION, items))
     dtypes = list(map(_DTYPE, items))
     by_dtype = {d: stored_precision(d, None, False) for d in set(dtypes)}
     if "F8_E4M3" in by_dtype:
@@ -94,6 +94,7 @@ def precisions_of(items: Sequence[Any]) -> list[str]:
 
 # LinearModule fields by position (itemgetter is several times faster than attrgetter on named tuples)
 _DTYPE, _SCALE, _SCALE_DTYPE = map(operator.itemgetter, (2, 6, 9))
+_PRECISION = operator.attrgetter("precision")
 
 
 def natural_key(name: str) -> tuple[Any, ...]:
@@ -216,6 +217,7 @@ def _linear_modules(ckpt: Checkpoint) -> LinearTable:
     facts_of = paths.facts
     known_parents = paths.memo
     tails: dict[str, str | None] = {}               # last component -> its sort-text tail; None: not Linear
+    n_rows = len(dtypes)
     rows: list[LinearModule] = []
     keys: list[str] = []
     weight_rows: list[int] = []
@@ -224,11 +226,12 @@ def _linear_modules(ckpt: Checkpoint) -> LinearTable:
     append_key = keys.append
     append_weight = weight_rows.append
     append_scale = scale_rows.append
-    for name, dtype, shape, i in zip(cols.names, dtypes, cols.shapes, itertools.count()):
+    names = cols.names
+    for name, dtype, shape, i in zip(names, dtypes, cols.shapes, itertools.count(1)):   # i: the next row
         if dtype not in weight_dtypes:
             continue
         ndim = len(shape)
-        if ndim == 2 and name.endswith(".weight"):
+        if ndim == 2 and name[-7:] == ".weight":
             module = name[:-7]
             parent, dot, last = module.rpartition(".")
             tail = tails.get(last, "")
@@ -255,23 +258,24 @@ def _linear_modules(ckpt: Checkpoint) -> LinearTable:
             else:
                 kind = kind_prefix + last
             scale = module + ".weight_scale_inv"
-            j = row_of.get(scale)
+            # writers put a weight's scale right after it (sorted names): compare before hashing
+            j = i if i < n_rows and names[i] == scale else row_of.get(scale)
             if j is None:
                 scale = module + ".weight_scale"
-                j = row_of.get(scale)
+                j = i if i < n_rows and names[i] == scale else row_of.get(scale)
             if j is None:
                 append(new(LinearModule, (module, name, dtype, shape, layer, kind, None, False, expert, None)))
                 append_scale(-1)
             else:
                 append(new(LinearModule, (module, name, dtype, shape, layer, kind, scale, False, expert, dtypes[j])))
                 append_scale(j)
-            append_weight(i)
+            append_weight(i - 1)
             append_key(parent_key + tail if dot else tail[1:])
         elif ndim == 3 and "experts" in name:
             stacked = _stacked_module(name, dtype, shape, row_of, dtypes)
             if stacked is not None:
                 append(stacked)
-                append_weight(i)
+                append_weight(i - 1)
                 append_scale(row_of[stacked.scale] if stacked.scale else -1)
                 append_key(paths.text(name))
     if paths.unusual:        # a name with a character the sort texts use as a marker

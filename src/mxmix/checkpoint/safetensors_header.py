@@ -371,14 +371,21 @@ def fast_columns(raw: bytes) -> tuple[HeaderColumns, dict[str, str]] | None:
     if len(unique) != n or "__metadata__" in unique:
         return None
     sizes = DTYPE_SIZES
+    seen = _KINDS_SEEN             # the shards of one checkpoint repeat a handful of dtype+shape texts
     kind_of: dict[str, tuple[str, tuple[int, ...], int]] = {}
     try:   # int()/str() refuse numbers over the interpreter's digit limit: leave those to json
         for k in set(kinds):
-            m = _KIND.fullmatch(k)
-            if m is None or m[1] not in sizes:
-                return None
-            shape = tuple(map(int, m[2].split(","))) if m[2] else ()
-            kind_of[k] = (m[1], shape, math.prod(shape) * sizes[m[1]])
+            kind = seen.get(k)
+            if kind is None:
+                m = _KIND.fullmatch(k)
+                if m is None or m[1] not in sizes:
+                    return None
+                shape = tuple(map(int, m[2].split(","))) if m[2] else ()
+                kind = (m[1], shape, math.prod(shape) * sizes[m[1]])
+                if len(seen) >= _KINDS_LIMIT:
+                    seen.clear()
+                seen[k] = kind
+            kind_of[k] = kind
         rows = list(map(kind_of.__getitem__, kinds))
         ends = list(itertools.accumulate(map(_THIRD, rows)))
         end_texts = list(map(str, ends))
@@ -397,6 +404,9 @@ def fast_columns(raw: bytes) -> tuple[HeaderColumns, dict[str, str]] | None:
 
 
 _META_SEEN: dict[str, dict[str, str]] = {}
+# a validated dtype+shape text -> (dtype, shape, bytes): a pure function of the text, remembered
+_KINDS_SEEN: dict[str, tuple[str, tuple[int, ...], int]] = {}
+_KINDS_LIMIT = 4096
 
 
 def _metadata(text: str) -> dict[str, str] | None:

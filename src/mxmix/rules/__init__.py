@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 from mxmix.errors import MxmixError
 from mxmix.rules.config_keys import skip_list_for
@@ -26,9 +27,9 @@ def _check_rules(rules: Sequence[str]) -> tuple[str, ...]:
     if isinstance(rules, str):
         raise MxmixError("rules must be a list of strings, not one string")
     out = tuple(rules)
-    for r in out:
-        if not isinstance(r, str):
-            raise MxmixError(f"rule {r!r} is not a string")
+    if not all(map(isinstance, out, repeat(str))):
+        bad = next(r for r in out if not isinstance(r, str))
+        raise MxmixError(f"rule {bad!r} is not a string")
     return out
 
 

@@ -51,6 +51,21 @@ class RuleForm:
 
 
 def classify(rule: str) -> RuleForm:
+    """The rule's form (memoised: a plan and its lint classify the same long list several times;
+    forms are immutable)."""
+    form = _FORMS.get(rule)
+    if form is None:
+        if len(_FORMS) >= _FORMS_LIMIT:
+            _FORMS.clear()
+        form = _FORMS[rule] = _classify(rule)
+    return form
+
+
+_FORMS: dict[str, RuleForm] = {}
+_FORMS_LIMIT = 1 << 16
+
+
+def _classify(rule: str) -> RuleForm:
     stripped = rule.strip()
     if stripped.startswith("re:"):
         return RuleForm("regex", stripped[3:])
@@ -103,7 +118,8 @@ def build(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backend: Back
     # suffix of the module path's components (possibly empty), the rest an expert child.
     child_entries = []
     for i, parts in plain_entries:
-        for cut in range(len(parts)):
+        # an expert child is one or two components: only the last two cuts can leave one
+        for cut in range(max(0, len(parts) - 2), len(parts)):
             if _is_expert_child(parts[cut:]):
                 child_entries.append((i, parts[:cut]))
     children = backend.exact(child_entries)

@@ -10,6 +10,7 @@ that a rule list can be judged with the key the consumer actually looks at: an e
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import repeat
 from typing import Any
 
 from mxmix.errors import MxmixError
@@ -24,7 +25,7 @@ def _get(config: Mapping[str, Any], key: str) -> Any:
     value = config.get(key, _ABSENT)
     if value is None or value is _ABSENT:
         return _ABSENT
-    if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if isinstance(value, str) or not isinstance(value, list) or not all(map(isinstance, value, repeat(str))):
         raise MxmixError(f"quantization_config.{key} must be a list of strings, got {value!r:.80}")
     return list(value)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import compress, count
 from operator import ne
@@ -102,6 +102,18 @@ def _form_findings(rule: str, engines: Sequence[str]) -> list[LintFinding]:
     return out
 
 
+_NOT_PLAIN = REGEX_METACHARS | frozenset("*?[")
+
+
+def _plainly_clean(rule: str) -> bool:
+    """A sufficient condition for ``_form_findings(rule, engines) == []`` (whatever the engines),
+    checked without classifying: a plain dotted name, no surrounding whitespace or dots, no regex or
+    glob character, not a fused runtime name (the bulk of a long skip list)."""
+    return (bool(rule) and rule[0] != "." and rule[-1] != "." and not rule.startswith("re:")
+            and rule == rule.strip() and ("." in rule or rule in TOP_LEVEL_MODULES)
+            and _NOT_PLAIN.isdisjoint(rule) and rule[rule.rfind(".") + 1:] not in FUSED_RUNTIME_NAMES)
+
+
 def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
                runtime: Mapping[str, str], backend: Any = None) -> Column | None:
     """The Decision per module, aligned with ``modules``, for the whole list under ``engine``
@@ -114,13 +126,14 @@ def _decisions(rules: Sequence[str], engine: str, modules: Sequence[str],
     except MxmixError:
         return None
     if get_engine(engine).runtime_names:
-        return compiled.decide_column([runtime[m] for m in modules])
+        return compiled.decide_column(list(map(runtime.__getitem__, modules)))
     return compiled.decide_column(modules, modules)   # ``modules`` holds no repeats
 
 
 def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[str, str],
-                backend: Any = None) -> list[str]:
-    """Rules that, alone, keep (or make an error of) no module in the canonical reading.
+                backend: Any = None, module_set: Container[str] | None = None) -> list[str]:
+    """Rules that, alone, keep (or make an error of) no module in the canonical reading
+    (``module_set``: ``modules`` as a set or dict, when the caller has one).
 
     Plain rules — the bulk of a long skip list — are answered together: one walk of a trie of their
     components from every start position of every module (and of every fused module's shards)
@@ -132,11 +145,14 @@ def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[s
     from mxmix.rules.primitives import INDEXED
 
     plain: dict[tuple[str, ...], list[str]] = {}
+    texts: dict[tuple[str, ...], str] = {}          # a plain rule's key, spelled with its dots
     patterned: list[str] = []
     for rule in rules:
         form = classify(rule)
         if form.kind == "plain":
-            plain.setdefault(tuple(form.text.split(".")), []).append(rule)
+            key = tuple(form.text.split("."))
+            plain.setdefault(key, []).append(rule)
+            texts[key] = form.text
         elif form.kind != "invalid":
             patterned.append(rule)
     alive: set[tuple[str, ...]] = set()
@@ -168,10 +184,17 @@ def _dead_rules(rules: Sequence[str], modules: Sequence[str], runtime: Mapping[s
     # a rule naming a run of a module's components is a substring of its path: only those modules
     # (and fused / FusedMoE ones, whose shards and children are looked at too) need the walk
     special = (*DEFAULT_FUSED, "experts")
-    needles = (backend or INDEXED).needles(".".join(key) for key in plain)
-    found = needles.candidates(modules)
-    todo = modules if found is None else \
-        [modules[i] for i in sorted(found | (backend or INDEXED).ends_component(modules, special))]
+    # a rule that is some module's whole path names the whole run of that module, which the walk
+    # below visits (that module contains the rule: the filter keeps it): when every plain rule is one
+    # (a list of full names), the walk can add nothing
+    if plain:
+        names = module_set if module_set is not None else set(modules)
+        alive.update(key for key, text in texts.items() if text in names)
+    todo: Sequence[str] = []
+    if len(alive) < len(plain):
+        found = (backend or INDEXED).needles(texts.values()).candidates(modules)
+        todo = modules if found is None else \
+            [modules[i] for i in sorted(found | (backend or INDEXED).ends_component(modules, special))]
     for m in todo:
         parts = m.split(".")
         walk(parts)
@@ -205,12 +228,23 @@ def _outcome_key(decisions: Sequence[Decision]) -> Any:
             frozenset((p, d[2]) for p, d in decisions.found.items()))
 
 
-def _at(decisions: Sequence[Decision], rows: Sequence[int]) -> list[Decision]:
-    """``[decisions[i] for i in rows]`` (for a column deciding every path, without a call per row)."""
-    if isinstance(decisions, Column) and decisions.quiet is None:
-        found, asked = decisions.found, decisions.asked
-        return [found[asked[i]] for i in rows]
-    return list(map(decisions.__getitem__, rows))
+def _row_keys(decisions: Sequence[Decision], rows: Sequence[int]) -> tuple[list[Any], Callable[[Any], Any]]:
+    """For each of ``rows``, a key that equal decisions share, and key -> (rule, outcome): a column's
+    rows asking the same path answer alike (its asked path is the key, no Decision is built)."""
+    if isinstance(decisions, Column):
+        found, quiet, asked = decisions.found, decisions.quiet, decisions.asked
+
+        def facts(path: str) -> tuple[str | None, str]:
+            d = found.get(path)
+            if d is None:
+                return None, quiet[0]   # type: ignore[index]   # an undecided path answers the quiet verdict
+            return d[3], d[2]
+        return list(map(asked.__getitem__, rows)), facts
+    return [(d.rule, d.decision) for d in map(decisions.__getitem__, rows)], _same
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def _word(decision: str) -> str:
@@ -244,14 +278,15 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
             findings.append(LintFinding(INFO, "duplicate", rule, "listed more than once"))
             continue
         seen.add(rule)
-        findings.extend(_form_findings(rule, chosen))
+        if not _plainly_clean(rule):
+            findings.extend(_form_findings(rule, chosen))
     if modules is None:
         return findings
-    distinct = list(dict.fromkeys(modules))
-    modules = modules if isinstance(modules, list) and len(distinct) == len(modules) else distinct
+    module_set = dict.fromkeys(modules)
+    modules = modules if isinstance(modules, list) and len(module_set) == len(modules) else list(module_set)
     if runtime is None:
         runtime = runtime_path_map(modules)
-    for rule in _dead_rules(list(dict.fromkeys(rules)), modules, runtime, backend):
+    for rule in _dead_rules(list(dict.fromkeys(rules)), modules, runtime, backend, module_set):
         findings.append(LintFinding(WARNING, "dead-rule", rule,
                                     "matches no Linear module of the checkpoint (canonical reading)"))
     base = chosen[0] if chosen else "canonical"
@@ -275,8 +310,8 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
     if base_list is None:
         return findings
     base_decisions = outcome_list(base_list)
-    # (rule or None) -> engine -> [(module, base outcome, engine outcome)]
-    diffs: dict[str | None, dict[str, list[tuple[str, str, str]]]] = {}
+    # (rule or None) -> engine -> [rows that differ, the first MAX_EXAMPLES as (module, base word, engine word)]
+    diffs: dict[str | None, dict[str, list[Any]]] = {}
     differing: dict[Any, list[int]] = {}   # readings answering alike differ from the base on the same rows
     for e in others:
         elist = outcomes(e)
@@ -291,14 +326,30 @@ def lint(rules: Sequence[str], modules: Sequence[str] | None = None,
                 differing[key] = rows
         if not rows:
             continue
-        for i, b, d in zip(rows, _at(base_list, rows), _at(elist, rows)):
-            culprit = d.rule if d.rule is not None else b.rule
-            diffs.setdefault(culprit, {}).setdefault(e, []).append((modules[i], _word(b.decision), _word(d.decision)))
+        # rows asking the same (base, engine) paths differ alike: each pair's culprit and words once
+        base_keys, base_facts = _row_keys(base_list, rows)
+        keys, facts = _row_keys(elist, rows)
+        by_pair: dict[Any, tuple[list[Any], str, str]] = {}
+        for i, pair in zip(rows, zip(base_keys, keys)):
+            known = by_pair.get(pair)
+            if known is None:
+                b_rule, b_outcome = base_facts(pair[0])
+                d_rule, d_outcome = facts(pair[1])
+                culprit = d_rule if d_rule is not None else b_rule
+                per_engine = diffs.setdefault(culprit, {})
+                group = per_engine.get(e)
+                if group is None:
+                    group = per_engine[e] = [0, []]
+                known = by_pair[pair] = (group, _word(b_outcome), _word(d_outcome))
+            group, b_word, d_word = known
+            group[0] += 1
+            if len(group[1]) < MAX_EXAMPLES:
+                group[1].append((modules[i], b_word, d_word))
     for culprit, per_engine in diffs.items():
         parts = []
-        for e, items in per_engine.items():
-            examples = ", ".join(f"{m} ({b} in {base}, {o} in {e})" for m, b, o in items[:MAX_EXAMPLES])
-            parts.append(f"{e}: {len(items)} module(s), e.g. {examples}")
+        for e, (n, items) in per_engine.items():
+            examples = ", ".join(f"{m} ({b} in {base}, {o} in {e})" for m, b, o in items)
+            parts.append(f"{e}: {n} module(s), e.g. {examples}")
         if culprit is None:
             findings.append(LintFinding(INFO, "engine-default", None,
                                         "engines differ on modules no rule decides (engine defaults or "

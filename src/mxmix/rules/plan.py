@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import eq, ne
+from operator import attrgetter, eq, ne
 from typing import Any, NamedTuple
 
 from mxmix.checkpoint.dialects import recognise_dialect
 from mxmix.checkpoint.layout import Checkpoint
 from mxmix.checkpoint.modules import LinearModule, linear_modules
+from mxmix.checkpoint.safetensors_header import FP8_DTYPES
 from mxmix.errors import MxmixError
 from mxmix.rules.column import Column, RowIndex
 from mxmix.rules.config_keys import skip_list_for
@@ -27,6 +28,7 @@ from mxmix.rules.engines import engines_for_dialect, get_engine
 from mxmix.rules.primitives import Backend
 
 SHARD_TO_FUSED = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
+_PATH, _DTYPE = attrgetter("path"), attrgetter("dtype")
 
 
 class PlanRow(NamedTuple):
@@ -76,6 +78,7 @@ class Plan:
     _rows: list[PlanRow] | None = field(default=None, init=False, repr=False, compare=False)
     _paths: list[str] | None = field(default=None, init=False, repr=False, compare=False)
     _quantized: list[bool] | None = field(default=None, init=False, repr=False, compare=False)
+    _distinct: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def rows(self) -> list[PlanRow]:
@@ -85,7 +88,7 @@ class Plan:
 
             new = tuple.__new__   # PlanRow's own __new__ is a Python-level function
             names = list(self.columns)
-            with _gc_paused():    # 10^5 small acyclic dicts
+            with _gc_paused(promote=True):    # 10^5 small acyclic dicts, kept with the plan
                 if names:
                     cols = [self.columns[e].decisions() for e in names]
                     self._rows = [new(PlanRow, (m, dict(zip(names, ds))))
@@ -102,10 +105,19 @@ class Plan:
         return self._paths
 
     @property
+    def distinct_paths(self) -> list[str]:
+        """The row paths without repeats (first occurrences, in order): ``paths`` itself, the very
+        list, when no path repeats (stacked experts share one)."""
+        if self._distinct is None:
+            distinct = list(dict.fromkeys(self.paths))
+            self._distinct = self.paths if len(distinct) == len(self.paths) else distinct
+        return self._distinct
+
+    @property
     def quantized(self) -> list[bool]:
         """Each row: is the module stored quantized (FP8)."""
-        if self._quantized is None:
-            self._quantized = [m.quantized for m in self.modules]
+        if self._quantized is None:   # LinearModule.quantized, read as the dtype column (no call per module)
+            self._quantized = list(map(FP8_DTYPES.__contains__, map(_DTYPE, self.modules)))
         return self._quantized
 
     def column(self, engine: str) -> Column:
@@ -136,7 +148,69 @@ def runtime_path_map(paths: Sequence[str]) -> dict[str, str]:
 
     ``…experts.N.<proj>`` -> the FusedMoE ``…experts``; ``q/k/v_proj`` -> ``qkv_proj`` and
     ``gate/up_proj`` -> ``gate_up_proj`` when every shard is present under the same parent.
+
+    Same answers as :func:`runtime_path_map_reference`, with what a path's parent fixes (where its
+    last ``experts`` component is, whether a fused group is complete) worked out once per parent,
+    each parent's from its own parent's: 10^5 expert paths share 10^4 parents and 10^2 grandparents.
     """
+    present = set(paths)
+    out: dict[str, str] = {}
+    experts_of: dict[str, tuple[int, str]] = {"": _NO_EXPERTS}
+    complete: dict[tuple[str, str], bool] = {}
+    shard_to_fused = SHARD_TO_FUSED
+    for path in paths:
+        parent, _, last = path.rpartition(".")
+        if last != "experts":
+            known = experts_of.get(parent)
+            if known is None:
+                known = _experts_of(parent, experts_of)
+            mode, fused_moe = known
+            if mode == _EXPERTS_MAPPED or (mode == _EXPERTS_LAST and last.isdigit()):
+                out[path] = fused_moe
+                continue
+        fused = shard_to_fused.get(last)
+        if fused is not None:
+            key = (parent, fused)
+            ok = complete.get(key)
+            if ok is None:
+                ok = complete[key] = all((f"{parent}.{s}" if parent else s) in present for s in DEFAULT_FUSED[fused])
+            if ok:
+                out[path] = f"{parent}.{fused}" if parent else fused
+                continue
+        out[path] = path
+    return out
+
+
+# Where the definition's expert branch lands for paths ``<parent>.<last>`` (last != "experts"): the
+# path's last ``experts`` component is then the parent's last one, and the path maps to the prefix
+# ending there iff the component after it is a number. That component lies inside the parent
+# (MAPPED to the prefix, or NONE), or, when the parent ends in ``experts``, it is ``last`` itself
+# (LAST: mapped to the parent iff ``last`` is a number).
+_EXPERTS_NONE, _EXPERTS_MAPPED, _EXPERTS_LAST = 0, 1, 2
+_NO_EXPERTS = (_EXPERTS_NONE, "")
+
+
+def _experts_of(parent: str, memo: dict[str, tuple[int, str]]) -> tuple[int, str]:
+    """The (mode, prefix) of ``parent``, from that of its own parent (memoised in ``memo``, which
+    holds ``""``): one component at a time, walking up only to the nearest known ancestor."""
+    pending = []
+    p = parent
+    while p not in memo:
+        head, _, c = p.rpartition(".")
+        pending.append((p, c))
+        p = head
+    known = memo[p]
+    for p, c in reversed(pending):
+        if c == "experts":
+            known = (_EXPERTS_LAST, p)
+        elif known[0] == _EXPERTS_LAST:
+            known = (_EXPERTS_MAPPED, known[1]) if c.isdigit() else _NO_EXPERTS
+        memo[p] = known
+    return known
+
+
+def runtime_path_map_reference(paths: Sequence[str]) -> dict[str, str]:
+    """The definition of :func:`runtime_path_map`, path by path (for tests)."""
     present = set(paths)
     out: dict[str, str] = {}
     for path in paths:
@@ -175,7 +249,9 @@ def plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None = None
     by default a fresh one, so readings over the same lists share their indexes within this plan."""
     from mxmix.checkpoint.safetensors_header import _gc_paused
 
-    with _gc_paused():  # 10^5-10^6 small acyclic objects (decisions, rows): GC passes only cost time
+    # 10^5-10^6 small acyclic objects (decisions, columns), kept with the plan: GC passes only cost
+    # time, during the plan and in the first young collection after it (promoted)
+    with _gc_paused(promote=True):
         return _plan_checkpoint(ckpt, engines, backend or Backend.shared())
 
 
@@ -191,12 +267,12 @@ def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None, back
         get_engine(name)
     hf_quant = ckpt.read_json("hf_quant_config.json")
     modules = linear_modules(ckpt)
-    paths = [m.path for m in modules]
+    paths = list(map(_PATH, modules))
     runtime = ckpt.derived("runtime_path_map", lambda: runtime_path_map(paths))
     notes: list[str] = []
     skip_lists: dict[str, list[str]] = {}
     columns: dict[str, Column] = {}   # per engine, aligned with ``modules``
-    runtime_asked = [runtime[p] for p in paths]
+    runtime_asked = list(map(runtime.__getitem__, paths))
     distinct_paths = list(dict.fromkeys(paths))
     if len(distinct_paths) == len(paths):
         distinct_paths = paths   # the same list lint asks about: shared filter answers
@@ -227,6 +303,7 @@ def _plan_checkpoint(ckpt: Checkpoint | str, engines: Sequence[str] | None, back
         notes.append("no quantization_config: every engine loads this checkpoint unquantized")
     plan = Plan(str(ckpt.root), dialect, qc.get("quant_method"), names, skip_lists, modules, notes, columns, runtime)
     plan._paths = paths
+    plan._distinct = distinct_paths
     return plan
 
 

@@ -19,8 +19,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
-from operator import add
+from itertools import compress, count, repeat
 from typing import Any
 
 Entry = tuple[int, Any]
@@ -266,12 +265,25 @@ class SubstringIndex:
 
     MAX_STARTS = 8  # few distinct first characters: find where each occurs instead of trying every position
 
+    MEMO_LIMIT = 1 << 16
+
     def __init__(self, entries: Iterable[Entry]) -> None:
         table = _first_table(entries)
         self.empty = table.pop("", None)
         self.root = _radix_sorted(table)
+        self.memo: dict[str, int | None] = {}   # readings sharing this index ask about the same paths
 
     def first(self, subject: str) -> int | None:
+        memo = self.memo
+        best = memo.get(subject, _UNSEEN)
+        if best is _UNSEEN:
+            best = self._first(subject)
+            if len(memo) >= self.MEMO_LIMIT:
+                memo.clear()
+            memo[subject] = best
+        return best
+
+    def _first(self, subject: str) -> int | None:
         best = self.empty
         root = self.root
         n = len(subject)
@@ -400,16 +412,28 @@ class ContainedInIndex:
             self.starts.append(pos)
             pos += len(k) + 1
         self.joined = self.SEP.join(self.keys) + self.SEP
+        self.memo: dict[str, int | None] = {}
+
+    MEMO_LIMIT = 1 << 16
 
     def first(self, subject: str) -> int | None:
         if not self.keys:
             return None
+        # readings sharing this index (the experts branch of most serving readings) ask about the
+        # same FusedMoE paths, and a path no rule contains costs a search of the whole text: memoised
+        memo = self.memo
+        found = memo.get(subject, _UNSEEN)
+        if found is not _UNSEEN:
+            return found
         if self.SEP in subject:  # cannot use the joined text: ask each rule
-            return next((i for i, k in zip(self.indices, self.keys) if subject in k), None)
-        at = self.joined.find(subject)
-        if at < 0:
-            return None
-        return self.indices[bisect.bisect_right(self.starts, at) - 1]
+            found = next((i for i, k in zip(self.indices, self.keys) if subject in k), None)
+        else:
+            at = self.joined.find(subject)
+            found = None if at < 0 else self.indices[bisect.bisect_right(self.starts, at) - 1]
+        if len(memo) >= self.MEMO_LIMIT:
+            memo.clear()
+        memo[subject] = found
+        return found
 
 
 def regex_literal_prefix(pattern: str) -> str:
@@ -634,7 +658,10 @@ DOT_BOUNDARY = r"(?:(?<=\.)|(?=\.|$))"
 
 def is_dot_wildcard_literal(rule: str) -> bool:
     """True when ``rule`` read as a regex has no metacharacter but ``.`` (any character)."""
-    return not (_REGEX_META - {"."}) & set(rule) and "\\" not in rule
+    return _REGEX_META_BUT_DOT.isdisjoint(rule) and "\\" not in rule
+
+
+_REGEX_META_BUT_DOT = frozenset(_REGEX_META - {"."})
 
 
 class DotWildcardIndex:
@@ -659,12 +686,17 @@ class DotWildcardIndex:
         self.parents: dict[str, int | None] = {}     # p -> answer for p and for the head "p."
         self.candidates: dict[tuple[int, ...], list[tuple[Any, dict[str, int]]]] = {}
         self.groups: dict[int, dict[tuple[tuple[int, int], ...], dict[str, int]]] = {}
+        spans_of: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}   # rules share piece lengths
         for index, rule in self.entries:
-            spans, pos = [], 0
-            for piece in rule.split("."):
-                spans.append((pos, pos + len(piece)))
-                pos += len(piece) + 1
-            table = self.groups.setdefault(len(rule), {}).setdefault(tuple(spans), {})
+            lengths = tuple(map(len, rule.split(".")))
+            spans = spans_of.get(lengths)
+            if spans is None:
+                pos, out = 0, []
+                for n in lengths:
+                    out.append((pos, pos + n))
+                    pos += n + 1
+                spans = spans_of[lengths] = tuple(out)
+            table = self.groups.setdefault(len(rule), {}).setdefault(spans, {})
             if rule not in table or index < table[rule]:
                 table[rule] = index
         self.literal = _first_table(self.entries)
@@ -800,20 +832,24 @@ class NeedleFilter:
     searched over all subjects joined by newlines, jumping to the next line after each hit. A
     subject that contains a needle contains its head, so a subject never reported contains none.
     ``dots``: a ``.`` in a needle matches any character (a rule read as a regex whose only
-    metacharacter is ``.``, searched anywhere: a superset of matching at the start).
+    metacharacter is ``.``). ``anchored``: only subjects that *start* with a needle are wanted (the
+    regex then begins with the newline before each line: the engine jumps from line to line instead
+    of trying every position).
 
     ``candidates`` returns the indices of the subjects to check exactly, or None when it cannot
     filter (an empty needle, a needle or subject holding a newline, no budget): check them all.
     """
 
     BUDGET = 6000                                   # characters of all distinct heads together
+    MAX_SPLIT = 4                                   # at most this many first characters: a regex each
     LENGTHS = (64, 48, 32, 24, 20, 16, 12, 8, 6, 4, 3, 2, 1)
 
-    def __init__(self, needles: Iterable[str], *, dots: bool = False) -> None:
+    def __init__(self, needles: Iterable[str], *, dots: bool = False, anchored: bool = False) -> None:
         needles = set(needles)
         self.nothing = not needles
+        self.lead = "\n" if anchored else ""
         self._last: tuple[Any, set[int] | None] = (None, None)
-        self.search: Callable[..., Any] | None = None
+        self.searches: list[Callable[..., Any]] | None = None
         if self.nothing or "" in needles or any("\n" in n for n in needles):
             return
         for length in self.LENGTHS:
@@ -828,10 +864,14 @@ class NeedleFilter:
             for ch in h:
                 node = node.setdefault(ch, {})
             node[""] = {}
+        # with few distinct first characters, one regex per first character: each then starts with
+        # its heads' common literal prefix, which the regex engine finds by a fast scan instead of
+        # trying the trie wherever any first character occurs
+        branches = [{ch: child} for ch, child in root.items()] if len(root) <= self.MAX_SPLIT else [root]
         try:
-            self.search = re.compile(_trie_regex(root, dots)).search
+            self.searches = [re.compile(re.escape(self.lead) + _trie_regex(b, dots)).search for b in branches]
         except (re.error, RecursionError, OverflowError):  # pragma: no cover - escaped literals compile
-            self.search = None
+            self.searches = None
 
     def candidates(self, subjects: Sequence[str]) -> set[int] | None:
         if subjects is self._last[0]:      # readings sharing this filter ask about the same list
@@ -843,24 +883,36 @@ class NeedleFilter:
     def _candidates(self, subjects: Sequence[str]) -> set[int] | None:
         if self.nothing:
             return set()
-        search = self.search
-        if search is None:
+        if self.searches is None:
             return None
-        text = "\n".join(subjects)
-        if text.count("\n") != len(subjects) - 1:
+        lead = self.lead
+        text = lead + "\n".join(subjects)
+        if text.count("\n") != len(subjects) - 1 + len(lead):
             return None
-        # where line i starts in ``text``: the lengths before it plus one newline per earlier line
-        starts = list(map(add, accumulate(map(len, subjects), initial=0), range(len(subjects) + 1)))
         out: set[int] = set()
-        pos = 0
-        right = bisect.bisect_right
-        while True:
-            m = search(text, pos)
-            if m is None:
-                return out
-            i = right(starts, m.start()) - 1
-            out.add(i)
-            pos = starts[i + 1]
+        for search in self.searches:
+            _scan(search, text, len(lead), out)
+        return out
+
+
+def _scan(search: Callable[..., Any], text: str, skip: int, out: set[int]) -> None:
+    """Add to ``out`` the lines of ``text`` where ``search`` matches (``skip``: 1 when a match starts
+    at the newline just before its line). A match at s lies in line i = the newlines before s,
+    counted from the previous search start on; the next search starts at line i + 1 (anchored: at
+    the newline just before it)."""
+    newlines, find = text.count, text.find
+    pos = line = 0           # line: the newlines before pos
+    while True:
+        m = search(text, pos)
+        if m is None:
+            return
+        s = m.start()
+        i = line + newlines("\n", pos, s)
+        out.add(i)
+        q = find("\n", s + skip)
+        if q < 0:
+            return
+        pos, line = q + 1 - skip, i + 1
 
 
 def _trie_regex(root: dict[str, Any], dots: bool) -> str:
@@ -879,7 +931,27 @@ def ends_component(paths: Sequence[str], names: Sequence[str]) -> set[int]:
     tails = tuple(names)
     if not tails:
         return set()
-    return {i for i, p in enumerate(paths) if p.endswith(tails)}
+    return set(compress(count(), map(str.endswith, paths, repeat(tails))))
+
+
+class _MemoKey:
+    """``(kind, entries)`` as a memo key whose hash is computed once: a lookup that hits is then one
+    hash and one comparison of the (long, nested) entries instead of a hash per dict operation."""
+
+    __slots__ = ("entries", "hash", "kind")
+
+    def __init__(self, kind: str, entries: tuple[Any, ...]) -> None:
+        self.kind = kind
+        self.entries = entries
+        self.hash = hash((kind, entries))
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _MemoKey):
+            return NotImplemented
+        return self.hash == other.hash and self.kind == other.kind and self.entries == other.entries
 
 
 class Backend:
@@ -896,7 +968,7 @@ class Backend:
 
     def __init__(self, indexed: bool, *, memo: bool = False) -> None:
         self.indexed = indexed
-        self._memo: dict[tuple[Any, ...], Any] | None = {} if memo and indexed else None
+        self._memo: dict[_MemoKey, Any] | None = {} if memo and indexed else None
         self._ends: dict[tuple[str, ...], tuple[Sequence[str], int, set[int]]] = {}
 
     @classmethod
@@ -911,7 +983,7 @@ class Backend:
         memo = self._memo
         if memo is None:
             return index(list(entries))
-        key = (kind, tuple(entries))
+        key = _MemoKey(kind, tuple(entries))
         found = memo.pop(key, None)
         if found is None:
             found = index(list(entries))
@@ -970,10 +1042,11 @@ class Backend:
         self._ends[tails] = (paths, len(paths), found)
         return set(found)
 
-    def needles(self, needles: Iterable[str], *, dots: bool = False) -> NeedleFilter:
+    def needles(self, needles: Iterable[str], *, dots: bool = False, anchored: bool = False) -> NeedleFilter:
         """A ``NeedleFilter`` (memoised like the primitives: readings over one list share it)."""
-        return self._build("needles-dots" if dots else "needles", sorted(set(needles)),
-                           lambda e: NeedleFilter(e, dots=dots), lambda e: NeedleFilter(e, dots=dots))
+        def build(e: list[str]) -> NeedleFilter:
+            return NeedleFilter(e, dots=dots, anchored=anchored)
+        return self._build("needles" + "-dots" * dots + "-anchored" * anchored, sorted(set(needles)), build, build)
 
     def patterns(self, entries: Sequence[tuple[int, str, str]]) -> Any:
         """Mixed regex / glob entries ``(index, pattern, mode)`` answered together."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mxmix.rules.decision import DEFAULT_FUSED, KEEP, QUANTIZE
-from mxmix.rules.primitives import Backend
+from mxmix.rules.primitives import Backend, _min, is_dot_wildcard_literal
 from mxmix.rules.reading import (
     EngineRaised,
     PathReading,
@@ -34,6 +34,8 @@ def _fp8_skipped(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backen
     ``entries`` overrides the (rule index, entry) list (Fp8Config's expanded list).
     """
     entries = list(entries) if entries is not None else list(enumerate(rules))
+    if backend.indexed:
+        entries = _first_of_each(entries)
     if mode == "dot":
         matcher = backend.components([(i, tuple(r.rstrip(".").split("."))) for i, r in entries])
 
@@ -70,6 +72,17 @@ def _fp8_skipped(rules: Sequence[str], fused: dict[str, tuple[str, ...]], backen
         return QUANTIZE, None, "no rule matches"
 
     return skipped
+
+
+def _first_of_each(entries: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """``entries`` without the repeats of a rule text (each text with its smallest index): every test
+    here answers the smallest index among the texts that pass, so a repeat never decides. Fp8Config's
+    list read again (``skip_list_for``) holds each text twice."""
+    texts = [r for _, r in entries]
+    if len(set(texts)) == len(texts):
+        return entries
+    smallest = dict(zip(reversed(texts), reversed([i for i, _ in entries])))   # the last write wins: the first
+    return sorted((i, r) for r, i in smallest.items())
 
 
 def build_sglang(rules, fused, backend) -> PathReading:
@@ -138,10 +151,22 @@ def modelopt_excluded(rules: Sequence[str], backend: Backend):
     """``is_layer_excluded``: ``.`` escaped, ``*``→``.*``, full match on the path (and without a
     leading ``language_model.``) and on each single component; a substring test on the last
     component for the MLA fused tails."""
-    converted = [(i, r.replace(".", r"\.").replace("*", ".*")) for i, r in enumerate(rules)]
+    # a rule with no regex metacharacter but '.' converts to a literal: it fully matches only itself
+    # (the indexed form looks those up; the reference form tries every conversion as a regex)
+    literal = list(map(is_dot_wildcard_literal, rules)) if backend.indexed else [False] * len(rules)
+    exact = backend.exact([(i, r) for i, r, lit in zip(range(len(rules)), rules, literal) if lit])
+    converted = [(i, r.replace(".", r"\.").replace("*", ".*")) for i, r, lit in zip(range(len(rules)), rules, literal)
+                 if not lit]
     regex = backend.regex(converted, full=True)
     tails = backend.substring([(i, r.rsplit(".", 1)[-1]) for i, r in enumerate(rules)
                                if r.rsplit(".", 1)[-1] in MODELOPT_FUSED_TAILS])
+    literal_only = regex.matches_nothing and regex.failure is None
+
+    def full(s: str) -> int | None:
+        """The smallest rule whose conversion fully matches ``s``."""
+        if literal_only:
+            return exact.first(s)
+        return _min(exact.first(s), regex.first(s))
 
     def excluded(path: str) -> int | None:
         variants = [path]
@@ -149,8 +174,8 @@ def modelopt_excluded(rules: Sequence[str], backend: Backend):
             variants.append(path[len("language_model."):])
         hits = []
         for v in variants:
-            hits.append(regex.first(v))
-            hits.extend(regex.first(part) for part in v.split("."))
+            hits.append(full(v))
+            hits.extend(full(part) for part in v.split("."))
             hits.append(tails.first(v.rsplit(".", 1)[-1]))
         return first_hit(*hits, failures=[regex.failure])
 

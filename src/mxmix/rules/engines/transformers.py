@@ -19,10 +19,12 @@ BOUNDARY = DOT_BOUNDARY
 
 def build_transformers(rules, fused, backend) -> PathReading:
     """5.24: ``re.match("(?:rule)" + boundary, name)`` or ``name.endswith(rule)``; a bad pattern raises."""
-    simple = [(i, r) for i, r in enumerate(rules) if is_dot_wildcard_literal(r)]
+    literal = list(map(is_dot_wildcard_literal, rules))
+    simple = [(i, r) for i, r, lit in zip(range(len(rules)), rules, literal) if lit]
     wild = backend.dot_wildcard(simple)
     # transformers groups the key, so the boundary applies to every alternative of a '|' rule
-    regex = backend.regex([(i, f"(?:{r}){BOUNDARY}") for i, r in enumerate(rules) if not is_dot_wildcard_literal(r)])
+    regex = backend.regex([(i, f"(?:{r}){BOUNDARY}") for i, r, lit in zip(range(len(rules)), rules, literal)
+                           if not lit])
     ends = backend.ends_with(list(enumerate(rules)))
     # every rule a plain name (the usual list): the regex side answers None everywhere and raises nowhere
     plain_only = regex.matches_nothing and regex.failure is None
@@ -43,8 +45,8 @@ def build_transformers(rules, fused, backend) -> PathReading:
         return KEEP, hit, f"the name ends with rule {rules[hit]!r}"
 
     if plain_only:
-        # a dot-wildcard rule matching the start, or a rule ending the name, occurs in the name
-        wild_needles = backend.needles((r for _, r in simple), dots=True)
+        # a dot-wildcard rule matches at the start of the name; a rule ending the name occurs in it
+        wild_needles = backend.needles((r for _, r in simple), dots=True, anchored=True)
         end_needles = backend.needles(rules)
 
         def candidates(paths: Sequence[str]) -> set[int] | None:
