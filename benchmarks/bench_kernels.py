@@ -127,6 +127,20 @@ def bench_decode_config(sets, xs, cfg, rep: int) -> float | None:
         return None
 
 
+def cases(shapes, ms):
+    """(n, k, m, weight copies, two activations, cuBLAS BF16 µs) for every shape and M: the scaffold of
+    every table and sweep here (weights built once per shape and freed after it)."""
+    for n, k in shapes:
+        sets = make_weights(n, k, copies_for(n, k))
+        for m in ms:
+            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
+                               lambda x, w: torch.matmul(x, w.t())))
+            yield n, k, m, sets, xs, bf16
+        del sets
+        torch.cuda.empty_cache()
+
+
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     if torch.isnan(y).any():
         return float("nan")
@@ -142,29 +156,22 @@ def run_table(shapes, ms, args) -> list[dict]:
     from mxmix.runtime.kernels import kernel_path, mxfp8_matmul
 
     rows = []
-    for n, k in shapes:
-        sets = make_weights(n, k, copies_for(n, k))
-        for m in ms:
-            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
-                               lambda x, w: torch.matmul(x, w.t())))
-            mx = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                             lambda x, q, s: mxfp8_matmul(x, q, s)))
-            _, q, s = sets[0]
-            from mxmix.mx import dequantize
+    for n, k, m, sets, xs, bf16 in cases(shapes, ms):
+        mx = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                         lambda x, q, s: mxfp8_matmul(x, q, s)))
+        _, q, s = sets[0]
+        from mxmix.mx import dequantize
 
-            ref = xs[0].double() @ dequantize(q, s, torch.float32, backend="torch").double().t()
-            err = rel_err(mxfp8_matmul(xs[0], q, s), ref)
-            bf_err = rel_err(torch.matmul(xs[0], dequantize(q, s, torch.bfloat16, backend="torch").t()), ref)
-            row = {"n": n, "k": k, "m": m, "path": kernel_path(xs[0], q, s), "bf16_us": bf16, "mxfp8_us": mx,
-                   "speedup": bf16 / mx, "rel_err": err, "bf16_rel_err": bf_err,
-                   "mxfp8_tb_s": (n * k * 1.03125 + 2 * m * (n + k)) / (mx * 1e-6) / 1e12,
-                   "bf16_tb_s": (n * k * 2 + 2 * m * (n + k)) / (bf16 * 1e-6) / 1e12}
-            rows.append(row)
-            print(f"{n:>6}x{k:<6} M={m:<5} {row['path']:<7} bf16 {bf16:9.1f} us  mxfp8 {mx:9.1f} us  "
-                  f"x{row['speedup']:.2f}  err {err:.1e} (bf16 matmul {bf_err:.1e})", flush=True)
-        del sets
-        torch.cuda.empty_cache()
+        ref = xs[0].double() @ dequantize(q, s, torch.float32, backend="torch").double().t()
+        err = rel_err(mxfp8_matmul(xs[0], q, s), ref)
+        bf_err = rel_err(torch.matmul(xs[0], dequantize(q, s, torch.bfloat16, backend="torch").t()), ref)
+        row = {"n": n, "k": k, "m": m, "path": kernel_path(xs[0], q, s), "bf16_us": bf16, "mxfp8_us": mx,
+               "speedup": bf16 / mx, "rel_err": err, "bf16_rel_err": bf_err,
+               "mxfp8_tb_s": (n * k * 1.03125 + 2 * m * (n + k)) / (mx * 1e-6) / 1e12,
+               "bf16_tb_s": (n * k * 2 + 2 * m * (n + k)) / (bf16 * 1e-6) / 1e12}
+        rows.append(row)
+        print(f"{n:>6}x{k:<6} M={m:<5} {row['path']:<7} bf16 {bf16:9.1f} us  mxfp8 {mx:9.1f} us  "
+              f"x{row['speedup']:.2f}  err {err:.1e} (bf16 matmul {bf_err:.1e})", flush=True)
     return rows
 
 
@@ -188,34 +195,27 @@ def sweep_decode(shapes, ms, args) -> list[dict]:
         return out
 
     rows = []
-    for n, k in shapes:
-        sets = make_weights(n, k, copies_for(n, k))
-        for m in ms:
-            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
-                               lambda x, w: torch.matmul(x, w.t())))
-            default = default_decode_config(m, n, k)
-            cfgs = [default] + (fma_cfgs if m <= 2 else []) + mma_cfgs(n, k)
-            best = None
-            for cfg in cfgs:
-                t = bench_decode_config(sets, xs, cfg, rep=15)
-                if t is None:
-                    continue
-                rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "kind": cfg.kind, "us": t,
-                             "bf16_us": bf16, "speedup": bf16 / t, "default": cfg is default})
-                if best is None or t < best[0]:
-                    best = (t, cfg)
-            if best:
-                d = next(r for r in rows if r["n"] == n and r["k"] == k and r["m"] == m and r["default"])
-                print(f"{n:>6}x{k:<6} M={m:<3} bf16 {bf16:7.1f} us  default {d['us']:7.1f} x{d['speedup']:.2f}  "
-                      f"best {best[0]:7.1f} us x{bf16 / best[0]:.2f} {best[1].label()}", flush=True)
-                for kind in ("fma", "mma"):
-                    top = sorted((r for r in rows if r["n"] == n and r["k"] == k and r["m"] == m
-                                  and r["kind"] == kind), key=lambda r: r["us"])[:3]
-                    if top:
-                        print(f"      {kind}: " + "; ".join(f"{r['config']} {r['us']:.1f}" for r in top), flush=True)
-        del sets
-        torch.cuda.empty_cache()
+    for n, k, m, sets, xs, bf16 in cases(shapes, ms):
+        default = default_decode_config(m, n, k)
+        cfgs = [default] + (fma_cfgs if m <= 2 else []) + mma_cfgs(n, k)
+        best = None
+        for cfg in cfgs:
+            t = bench_decode_config(sets, xs, cfg, rep=15)
+            if t is None:
+                continue
+            rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "kind": cfg.kind, "us": t,
+                         "bf16_us": bf16, "speedup": bf16 / t, "default": cfg is default})
+            if best is None or t < best[0]:
+                best = (t, cfg)
+        if best:
+            d = next(r for r in rows if r["n"] == n and r["k"] == k and r["m"] == m and r["default"])
+            print(f"{n:>6}x{k:<6} M={m:<3} bf16 {bf16:7.1f} us  default {d['us']:7.1f} x{d['speedup']:.2f}  "
+                  f"best {best[0]:7.1f} us x{bf16 / best[0]:.2f} {best[1].label()}", flush=True)
+            for kind in ("fma", "mma"):
+                top = sorted((r for r in rows if r["n"] == n and r["k"] == k and r["m"] == m
+                              and r["kind"] == kind), key=lambda r: r["us"])[:3]
+                if top:
+                    print(f"      {kind}: " + "; ".join(f"{r['config']} {r['us']:.1f}" for r in top), flush=True)
     return rows
 
 
@@ -234,36 +234,29 @@ def sweep_swab(shapes, ms, args) -> list[dict]:
     from mxmix.runtime.kernels.triton_decode import DecodeConfig, _sm_count, default_decode_config
 
     rows = []
-    for n, k in shapes:
-        sets = make_weights(n, k, copies_for(n, k))
-        for m in ms:
-            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
-                               lambda x, w: torch.matmul(x, w.t())))
-            sms = _sm_count(xs[0].device)
-            old = default_decode_config(m, n, k, sms, swab=False)
-            new = default_decode_config(m, n, k, sms)
-            cfgs = [old, new] + [DecodeConfig(kind, bn, bk, sp, w, st, "fold") for kind, bn, bk, st, w in SWAB_SWEEP
-                                 for sp in (1, 2, 4, 8, 16) if k // sp >= bk]
-            seen, times = [], {}
-            for cfg in cfgs:
-                if cfg in seen:
-                    continue
-                seen.append(cfg)
-                t = bench_decode_config(sets, xs, cfg, rep=15)
-                if t is not None:
-                    times[cfg] = t
-                    rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "kind": cfg.kind, "us": t,
-                                 "bf16_us": bf16, "speedup": bf16 / t, "old_default": cfg == old,
-                                 "default": cfg == new})
-            best = min(times, key=times.get)
-            top = sorted(times, key=times.get)[:3]
-            print(f"{n:>6}x{k:<6} M={m:<3} bf16 {bf16:7.1f} us  old {times.get(old, float('nan')):7.1f} "
-                  f"x{bf16 / times.get(old, float('nan')):.2f}  new {times.get(new, float('nan')):7.1f} "
-                  f"x{bf16 / times.get(new, float('nan')):.2f}  best x{bf16 / times[best]:.2f} {best.label()}  | "
-                  + "; ".join(f"{c.label()} {times[c]:.1f}" for c in top), flush=True)
-        del sets
-        torch.cuda.empty_cache()
+    for n, k, m, sets, xs, bf16 in cases(shapes, ms):
+        sms = _sm_count(xs[0].device)
+        old = default_decode_config(m, n, k, sms, swab=False)
+        new = default_decode_config(m, n, k, sms)
+        cfgs = [old, new] + [DecodeConfig(kind, bn, bk, sp, w, st, "fold") for kind, bn, bk, st, w in SWAB_SWEEP
+                             for sp in (1, 2, 4, 8, 16) if k // sp >= bk]
+        seen, times = [], {}
+        for cfg in cfgs:
+            if cfg in seen:
+                continue
+            seen.append(cfg)
+            t = bench_decode_config(sets, xs, cfg, rep=15)
+            if t is not None:
+                times[cfg] = t
+                rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "kind": cfg.kind, "us": t,
+                             "bf16_us": bf16, "speedup": bf16 / t, "old_default": cfg == old,
+                             "default": cfg == new})
+        best = min(times, key=times.get)
+        top = sorted(times, key=times.get)[:3]
+        print(f"{n:>6}x{k:<6} M={m:<3} bf16 {bf16:7.1f} us  old {times.get(old, float('nan')):7.1f} "
+              f"x{bf16 / times.get(old, float('nan')):.2f}  new {times.get(new, float('nan')):7.1f} "
+              f"x{bf16 / times.get(new, float('nan')):.2f}  best x{bf16 / times[best]:.2f} {best.label()}  | "
+              + "; ".join(f"{c.label()} {times[c]:.1f}" for c in top), flush=True)
     return rows
 
 
@@ -288,35 +281,28 @@ def sweep_prefill(shapes, ms, args) -> list[dict]:
         (128, 128, 64, 8, 8, 3), (64, 64, 128, 8, 4, 4), (256, 128, 64, 8, 8, 3),
         (32, 64, 128, 8, 4, 4), (32, 128, 128, 8, 4, 4), (16, 64, 256, 8, 4, 4)]]
     rows = []
-    for n, k in shapes:
-        sets = make_weights(n, k, copies_for(n, k))
-        for m in ms:
-            xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-            bf16 = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
-                               lambda x, w: torch.matmul(x, w.t())))
-            cub = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                              lambda x, q, s: mxfp8_prefill_cublas(x, q, s)))
-            rows.append({"n": n, "k": k, "m": m, "config": "cublas", "us": cub, "bf16_us": bf16,
-                         "speedup": bf16 / cub})
-            best = (cub, "cublas")
-            for cfg in cfgs:
-                if cfg.block_m > 2 * max(m, 16) or (m >= 2048 and cfg.block_m < 64):
-                    continue
-                try:
-                    t = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                                    lambda x, q, s, cfg=cfg: mxfp8_prefill_fused(x, q, s, config=cfg)),
-                              warmup=5, rep=20)
-                except Exception as exc:
-                    print(f"  {cfg.label()}: failed {type(exc).__name__}: {str(exc)[:100]}", flush=True)
-                    continue
-                rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "us": t, "bf16_us": bf16,
-                             "speedup": bf16 / t})
-                if t < best[0]:
-                    best = (t, cfg.label())
-            print(f"{n:>6}x{k:<6} M={m:<5} bf16 {bf16:8.1f} us  cublas-path {cub:8.1f} (x{bf16 / cub:.2f})  "
-                  f"best {best[0]:8.1f} x{bf16 / best[0]:.2f} {best[1]}", flush=True)
-        del sets
-        torch.cuda.empty_cache()
+    for n, k, m, sets, xs, bf16 in cases(shapes, ms):
+        cub = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                          lambda x, q, s: mxfp8_prefill_cublas(x, q, s)))
+        rows.append({"n": n, "k": k, "m": m, "config": "cublas", "us": cub, "bf16_us": bf16,
+                     "speedup": bf16 / cub})
+        best = (cub, "cublas")
+        for cfg in cfgs:
+            if cfg.block_m > 2 * max(m, 16) or (m >= 2048 and cfg.block_m < 64):
+                continue
+            try:
+                t = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                                lambda x, q, s, cfg=cfg: mxfp8_prefill_fused(x, q, s, config=cfg)),
+                          warmup=5, rep=20)
+            except Exception as exc:
+                print(f"  {cfg.label()}: failed {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+                continue
+            rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "us": t, "bf16_us": bf16,
+                         "speedup": bf16 / t})
+            if t < best[0]:
+                best = (t, cfg.label())
+        print(f"{n:>6}x{k:<6} M={m:<5} bf16 {bf16:8.1f} us  cublas-path {cub:8.1f} (x{bf16 / cub:.2f})  "
+              f"best {best[0]:8.1f} x{bf16 / best[0]:.2f} {best[1]}", flush=True)
     return rows
 
 

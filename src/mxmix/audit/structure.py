@@ -18,7 +18,7 @@ from mxmix.audit.findings import Finding
 from mxmix.checkpoint.inspect import ModuleView
 from mxmix.checkpoint.modules import LinearModule, precisions_of
 from mxmix.rules.decision import DEFAULT_FUSED
-from mxmix.rules.primitives import NeedleFilter
+from mxmix.rules.primitives import NeedleFilter, fold_from_known_ancestor
 
 _SHARD_OF = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
 
@@ -137,22 +137,14 @@ def _moe_of_parent(parent: str) -> str | None:
     return ".".join(parts[:k + 1])
 
 
+def _moe_step(moe: str | None, path: str, component: str) -> str | None:
+    return path if component == "experts" else moe
+
+
 def _moe_of_parent_memo(parent: str, memo: dict[str, str | None]) -> str | None:
     """``_moe_of_parent`` from the answer for the parent's own parent (``memo`` holds ``""``: None):
-    a path's answer is itself when it ends in ``experts``, else its parent's. Walks up only to the
-    nearest known ancestor (10^4 expert parents share 10^2 grandparents)."""
-    pending = []
-    p = parent
-    while p not in memo:
-        head, _, c = p.rpartition(".")
-        pending.append((p, c))
-        p = head
-    moe = memo[p]
-    for p, c in reversed(pending):
-        if c == "experts":
-            moe = p
-        memo[p] = moe
-    return moe
+    a path's answer is itself when it ends in ``experts``, else its parent's."""
+    return fold_from_known_ancestor(parent, memo, _moe_step)
 
 
 def _mixed_groups(views: Sequence[ModuleView]) -> list[Finding]:

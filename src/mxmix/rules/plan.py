@@ -25,7 +25,7 @@ from mxmix.rules.column import Column, RowIndex
 from mxmix.rules.config_keys import skip_list_for
 from mxmix.rules.decision import DEFAULT_FUSED, ERROR, KEEP, Decision
 from mxmix.rules.engines import engines_for_dialect, get_engine
-from mxmix.rules.primitives import Backend
+from mxmix.rules.primitives import Backend, fold_from_known_ancestor
 
 SHARD_TO_FUSED = {shard: fused for fused, shards in DEFAULT_FUSED.items() for shard in shards}
 _PATH, _DTYPE = attrgetter("path"), attrgetter("dtype")
@@ -190,23 +190,19 @@ _EXPERTS_NONE, _EXPERTS_MAPPED, _EXPERTS_LAST = 0, 1, 2
 _NO_EXPERTS = (_EXPERTS_NONE, "")
 
 
-def _experts_of(parent: str, memo: dict[str, tuple[int, str]]) -> tuple[int, str]:
-    """The (mode, prefix) of ``parent``, from that of its own parent (memoised in ``memo``, which
-    holds ``""``): one component at a time, walking up only to the nearest known ancestor."""
-    pending = []
-    p = parent
-    while p not in memo:
-        head, _, c = p.rpartition(".")
-        pending.append((p, c))
-        p = head
-    known = memo[p]
-    for p, c in reversed(pending):
-        if c == "experts":
-            known = (_EXPERTS_LAST, p)
-        elif known[0] == _EXPERTS_LAST:
-            known = (_EXPERTS_MAPPED, known[1]) if c.isdigit() else _NO_EXPERTS
-        memo[p] = known
+def _experts_step(known: tuple[int, str], path: str, component: str) -> tuple[int, str]:
+    """(mode, prefix) of ``path`` from that of its parent: the last ``experts`` seen and whether the
+    components after it still map to it."""
+    if component == "experts":
+        return (_EXPERTS_LAST, path)
+    if known[0] == _EXPERTS_LAST:
+        return (_EXPERTS_MAPPED, known[1]) if component.isdigit() else _NO_EXPERTS
     return known
+
+
+def _experts_of(parent: str, memo: dict[str, tuple[int, str]]) -> tuple[int, str]:
+    """The (mode, prefix) of ``parent`` (memoised in ``memo``, which holds ``""``)."""
+    return fold_from_known_ancestor(parent, memo, _experts_step)
 
 
 def runtime_path_map_reference(paths: Sequence[str]) -> dict[str, str]:

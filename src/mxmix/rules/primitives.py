@@ -57,6 +57,23 @@ def dotted_ancestors(path: str) -> list[str]:
     return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
+def fold_from_known_ancestor(path: str, memo: dict[str, Any], step: Callable[[Any, str, str], Any]) -> Any:
+    """A per-path value defined from the parent's value, memoised: walk up to the nearest ancestor
+    already in ``memo`` (which must hold ``""``, the root), then fold ``step(parent_value, path,
+    last_component)`` back down, recording every level. 10^5 sibling paths share 10^2 ancestors, so
+    each new path costs a dictionary lookup or two."""
+    pending = []
+    p = path
+    while p not in memo:
+        head, _, c = p.rpartition(".")
+        pending.append((p, c))
+        p = head
+    value = memo[p]
+    for p, c in reversed(pending):
+        value = memo[p] = step(value, p, c)
+    return value
+
+
 def component_run(rule_parts: Sequence[str], path_parts: Sequence[str]) -> bool:
     """The rule's dotted components form a contiguous run of the path's components."""
     n = len(rule_parts)

@@ -103,6 +103,19 @@ mov.b32 {$2, $3}, hi;
 }""")
 
     @gluon.jit
+    def _program_origin(x_ptr, w_ptr, N, K, k_per_split, BLOCK_N: gl.constexpr):
+        """This program's rows and K range: 64-bit bases of its weight words and x columns (the loops add
+        32-bit offsets), the last valid row relative to n0 (rows past N re-read row N - 1)."""
+        pid_n = gl.program_id(0)
+        pid_k = gl.program_id(1)
+        KW = K >> 2
+        n0 = pid_n * BLOCK_N
+        k_begin = pid_k * k_per_split
+        k_len = gl.minimum(k_per_split, K - k_begin)
+        w_blk = w_ptr + n0.to(gl.int64) * KW + (k_begin >> 2)
+        return pid_n, pid_k, n0, N - 1 - n0, k_len, KW, w_blk, x_ptr + k_begin
+
+    @gluon.jit
     def _tile_mma(w, sb, xb, acc, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, A_L: gl.constexpr,
                   W_L: gl.constexpr, L3: gl.constexpr):
         """acc += dequant(w words [BN, BK/4], scale bytes sb [BN, BK/32]) @ xb [BK, BM]."""
@@ -127,18 +140,10 @@ mov.b32 {$2, $3}, hi;
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_M: gl.constexpr,
                      MMA: gl.constexpr, A_L: gl.constexpr, B_L: gl.constexpr, W_L: gl.constexpr,
                      L3: gl.constexpr, S_LD: gl.constexpr):
-        pid_n = gl.program_id(0)
-        pid_k = gl.program_id(1)
         KB: gl.constexpr = BLOCK_K // 32
-        KW = K >> 2
-        n0 = pid_n * BLOCK_N
-        last_row = N - 1 - n0
-        k_begin = pid_k * k_per_split
-        k_len = gl.minimum(k_per_split, K - k_begin)
-        # 64-bit bases per program, 32-bit loop-invariant offsets (rows past N re-read row N - 1)
-        w_blk = w_ptr + n0.to(gl.int64) * KW + (k_begin >> 2)
+        pid_n, pid_k, n0, last_row, k_len, KW, w_blk, x_blk = _program_origin(x_ptr, w_ptr, N, K, k_per_split,
+                                                                               BLOCK_N)
         s_blk = s_ptr + n0.to(gl.int64) * KS + pid_k * kb_per_split
-        x_blk = x_ptr + k_begin
         r_w = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, W_L)), last_row)
         w_offs = (gl.expand_dims(r_w * KW, 1)
                   + gl.expand_dims(gl.arange(0, BLOCK_K // 4, layout=gl.SliceLayout(0, W_L)), 0))
@@ -195,19 +200,12 @@ mov.b32 {$2, $3}, hi;
                            CP_X: gl.constexpr, SH_W: gl.constexpr, SH_S: gl.constexpr, SH_X: gl.constexpr):
         """The same computation with the tiles staged through a STAGES-deep shared-memory ring filled by
         cp.async: the bytes in flight no longer live in registers, so more warps fit on an SM."""
-        pid_n = gl.program_id(0)
-        pid_k = gl.program_id(1)
         KB: gl.constexpr = BLOCK_K // 32
-        KW = K >> 2
-        n0 = pid_n * BLOCK_N
-        last_row = N - 1 - n0
-        k_begin = pid_k * k_per_split
-        k_len = gl.minimum(k_per_split, K - k_begin)
+        pid_n, pid_k, n0, last_row, k_len, KW, w_blk, x_blk = _program_origin(x_ptr, w_ptr, N, K, k_per_split,
+                                                                               BLOCK_N)
         steps = k_len // BLOCK_K
-        w_blk = w_ptr + n0.to(gl.int64) * KW + (k_begin >> 2)
         # K splits are whole K steps, so each row's scales start 4-byte aligned (cp.async copies >= 4 bytes)
         s_blk = s_ptr + n0.to(gl.int64) * KS + gl.multiple_of(pid_k * kb_per_split, 4)
-        x_blk = x_ptr + k_begin
         r_w = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, CP_W)), last_row)
         w_offs = (gl.expand_dims(r_w * KW, 1)
                   + gl.expand_dims(gl.arange(0, BLOCK_K // 4, layout=gl.SliceLayout(0, CP_W)), 0))
