@@ -42,6 +42,8 @@ try:  # Gluon ships with Triton >= 3.5; without it the Triton kernels serve ever
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
+    from mxmix.runtime.kernels.triton_decode import e4m3_prmt_ptx
+
     AVAILABLE = True
 except Exception:  # pragma: no cover - depends on the installed Triton
     AVAILABLE = False
@@ -88,13 +90,7 @@ if AVAILABLE:
     # e4m3 * 2^(s-127) exactly. Words, not bytes, cross loop iterations (prefetch) without repacking.
     _WORD_ASM = gl.constexpr("""{
 .reg .b32 lo, hi, m2, z;
-prmt.b32 lo, $4, 0, 0x9180;
-prmt.b32 hi, $4, 0, 0xB3A2;
-shl.b32 lo, lo, 4;
-shl.b32 hi, hi, 4;
-and.b32 lo, lo, 0x87F087F0;
-and.b32 hi, hi, 0x87F087F0;
-mov.b32 m2, {$5, $5};
+""" + e4m3_prmt_ptx("$4") + """mov.b32 m2, {$5, $5};
 mov.b32 z, 0x80008000;
 fma.rn.bf16x2 lo, lo, m2, z;
 fma.rn.bf16x2 hi, hi, m2, z;

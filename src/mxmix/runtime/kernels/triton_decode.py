@@ -57,16 +57,18 @@ def _e4m3_bits_to_f32(wb):
     return bits.to(tl.float32, bitcast=True) * _TWO_POW_120
 
 
+def e4m3_prmt_ptx(word: str) -> str:
+    """PTX that spreads the 4 E4M3 bytes of 32-bit register ``word`` into two bf16x2 registers ``lo``
+    (bytes 0, 1) and ``hi`` (bytes 2, 3) holding e4m3 * 2^-120 exactly (see `_e4m3_to_bf16_prmt`);
+    shared by the Triton kernels here and the Gluon kernel (`gluon_decode`)."""
+    return (f"prmt.b32 lo, {word}, 0, 0x9180;\nprmt.b32 hi, {word}, 0, 0xB3A2;\nshl.b32 lo, lo, 4;\n"
+            "shl.b32 hi, hi, 4;\nand.b32 lo, lo, 0x87F087F0;\nand.b32 hi, hi, 0x87F087F0;\n")
+
+
 # 2^120 as a packed pair of bf16 (exponent 247) and a pair of -0.0 (the fma's exact "add nothing")
 _PRMT_ASM = tl.constexpr("""{
 .reg .b32 lo, hi, k, z;
-prmt.b32 lo, $2, 0, 0x9180;
-prmt.b32 hi, $2, 0, 0xB3A2;
-shl.b32 lo, lo, 4;
-shl.b32 hi, hi, 4;
-and.b32 lo, lo, 0x87F087F0;
-and.b32 hi, hi, 0x87F087F0;
-mov.b32 k, 0x7B807B80;
+""" + e4m3_prmt_ptx("$2") + """mov.b32 k, 0x7B807B80;
 mov.b32 z, 0x80008000;
 fma.rn.bf16x2 $0, lo, k, z;
 fma.rn.bf16x2 $1, hi, k, z;
