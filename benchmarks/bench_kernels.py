@@ -219,8 +219,8 @@ def sweep_decode(shapes, ms, args) -> list[dict]:
     return rows
 
 
-# (kind, block_n, block_k, num_stages, num_warps) of the Gluon kernels that fit: swab = register prefetch
-# (num_stages - 1 tiles ahead), swabcp = cp.async shared-memory ring of num_stages tiles
+# (kind, block_n, block_k, num_stages, num_warps) of the Gluon kernels that fit: swab = loads at each K step
+# (num_stages 1) or one tile ahead in registers (2), swabcp = cp.async shared-memory ring of num_stages tiles
 SWAB_SWEEP = [("swab", 64, 128, 2, 4), ("swab", 64, 256, 2, 4), ("swab", 128, 128, 2, 4), ("swab", 128, 256, 2, 4),
               ("swabcp", 64, 128, 3, 4), ("swabcp", 64, 128, 4, 4), ("swabcp", 64, 128, 6, 4),
               ("swabcp", 64, 256, 3, 4), ("swabcp", 64, 256, 4, 4), ("swabcp", 128, 128, 3, 4),
@@ -428,7 +428,7 @@ def compile_swab(m: int, cfg, split: bool = True, bias: bool = False):
         const.update(STAGES=cfg.num_stages, CP_W=cp_w, CP_S=cp_s, CP_X=cp_x, SH_W=sh_w, SH_S=sh_s, SH_X=sh_x)
         fn = gd._swab_async_kernel
     else:
-        const["PREFETCH"] = cfg.num_stages - 1
+        const["PREFETCH"] = cfg.num_stages > 1
         fn = gd._swab_kernel
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 13)}
     src = GluonASTSource(fn, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")}, const, attrs)

@@ -21,7 +21,8 @@ of ``mma.sync.m16n8k16``, whose fragments live in registers:
 
 That is 3.6-4.0 instructions per weight byte. Two ways to keep enough bytes in flight:
 `_swab_async_kernel` (default) stages each K tile through a shared-memory ring filled by ``cp.async``;
-`_swab_kernel` holds the next tile(s) in registers (fewer warps fit per SM; kept for the sweeps).
+`_swab_kernel` holds the next tile in registers (fewer warps fit per SM; kept for the sweeps and the
+autotuner; holding two tiles was no faster, BENCHMARKS.md).
 
 The fold is exact when every product e4m3 * 2^(s-127) and the multiplier 2^(s-7) are normal-or-subnormal
 BF16 values, i.e. for scale bytes 3 <= s <= 134 (real weights use about 100-127); `fold_exact` checks a
@@ -150,38 +151,17 @@ mov.b32 {$2, $3}, hi;
                   + gl.expand_dims(gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, B_L)), 1))
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=MMA)
         steps = k_len // BLOCK_K
-        if PREFETCH == 2:  # two tiles ahead
-            w = gl.load(w_blk + w_offs)
-            sb = gl.load(s_blk + s_offs)
-            xb = gl.load(x_blk + x_offs)
-            one = gl.minimum(1, steps - 1)
-            w1 = gl.load(w_blk + one * (BLOCK_K // 4) + w_offs)
-            sb1 = gl.load(s_blk + one * KB + s_offs)
-            xb1 = gl.load(x_blk + one * BLOCK_K + x_offs)
+        if PREFETCH:  # registers hold the next tile's loads while this one is decoded
+            w, sb, xb = _load_tile(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, 0, BLOCK_K)
             for i in range(0, steps):
-                nxt = gl.minimum(i + 2, steps - 1)  # the last steps re-read a tile (unused)
-                w_n = gl.load(w_blk + nxt * (BLOCK_K // 4) + w_offs)
-                sb_n = gl.load(s_blk + nxt * KB + s_offs)
-                xb_n = gl.load(x_blk + nxt * BLOCK_K + x_offs)
-                acc = _tile_mma(w, sb, xb, acc, BLOCK_N, BLOCK_K, A_L, W_L, L3)
-                w, sb, xb = w1, sb1, xb1
-                w1, sb1, xb1 = w_n, sb_n, xb_n
-        elif PREFETCH:  # registers hold the next tile's loads while this one is decoded
-            w = gl.load(w_blk + w_offs)
-            sb = gl.load(s_blk + s_offs)
-            xb = gl.load(x_blk + x_offs)
-            for i in range(0, steps):
-                nxt = gl.minimum(i + 1, steps - 1)  # the last step re-reads its own tile (unused)
-                w_n = gl.load(w_blk + nxt * (BLOCK_K // 4) + w_offs)
-                sb_n = gl.load(s_blk + nxt * KB + s_offs)
-                xb_n = gl.load(x_blk + nxt * BLOCK_K + x_offs)
+                # the last step re-reads its own tile (unused)
+                w_n, sb_n, xb_n = _load_tile(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs,
+                                             gl.minimum(i + 1, steps - 1), BLOCK_K)
                 acc = _tile_mma(w, sb, xb, acc, BLOCK_N, BLOCK_K, A_L, W_L, L3)
                 w, sb, xb = w_n, sb_n, xb_n
         else:
             for i in range(0, steps):
-                w = gl.load(w_blk + i * (BLOCK_K // 4) + w_offs)
-                sb = gl.load(s_blk + i * KB + s_offs)
-                xb = gl.load(x_blk + i * BLOCK_K + x_offs)
+                w, sb, xb = _load_tile(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, i, BLOCK_K)
                 acc = _tile_mma(w, sb, xb, acc, BLOCK_N, BLOCK_K, A_L, W_L, L3)
         _store_tile(acc, b_ptr, out_ptr, ws_ptr, cnt_ptr, n0, pid_n, pid_k, M, N, stride_om, split,
                     HAS_BIAS, SPLIT, BLOCK_N, BLOCK_M, MMA)
@@ -216,7 +196,7 @@ mov.b32 {$2, $3}, hi;
         sm_x = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, BLOCK_K], SH_X)
         for p in gl.static_range(STAGES - 1):
             _issue_tile(sm_w.index(p), sm_s.index(p), sm_x.index(p), w_blk, s_blk, x_blk, w_offs, s_offs, x_offs,
-                        p, steps, BLOCK_K, KB)
+                        p, steps, BLOCK_K)
             async_copy.commit_group()
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=MMA)
         for i in range(0, steps):
@@ -225,7 +205,7 @@ mov.b32 {$2, $3}, hi;
             t = i + STAGES - 1
             nxt = t % STAGES
             _issue_tile(sm_w.index(nxt), sm_s.index(nxt), sm_x.index(nxt), w_blk, s_blk, x_blk, w_offs, s_offs,
-                        x_offs, t, steps, BLOCK_K, KB)
+                        x_offs, t, steps, BLOCK_K)
             async_copy.commit_group()
             cur = i % STAGES
             w = sm_w.index(cur).load(W_L)
@@ -237,13 +217,24 @@ mov.b32 {$2, $3}, hi;
                     HAS_BIAS, SPLIT, BLOCK_N, BLOCK_M, MMA)
 
     @gluon.jit
-    def _issue_tile(dw, ds, dx, w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, steps,
-                    BLOCK_K: gl.constexpr, KB: gl.constexpr):
+    def _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K: gl.constexpr):
+        """Pointers of K tile ``t``: weight words, scale bytes, x columns."""
+        return (w_blk + t * (BLOCK_K // 4) + w_offs, s_blk + t * (BLOCK_K // 32) + s_offs,
+                x_blk + t * BLOCK_K + x_offs)
+
+    @gluon.jit
+    def _load_tile(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K: gl.constexpr):
+        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K)
+        return gl.load(w_ptrs), gl.load(s_ptrs), gl.load(x_ptrs)
+
+    @gluon.jit
+    def _issue_tile(dw, ds, dx, w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, steps, BLOCK_K: gl.constexpr):
         """cp.async of K tile ``t`` (weight words, scale bytes, x rows); nothing for t >= steps."""
         ok = t < steps
-        async_copy.async_copy_global_to_shared(dw, w_blk + t * (BLOCK_K // 4) + w_offs, mask=(w_offs >= 0) & ok)
-        async_copy.async_copy_global_to_shared(ds, s_blk + t * KB + s_offs, mask=(s_offs >= 0) & ok)
-        async_copy.async_copy_global_to_shared(dx, x_blk + t * BLOCK_K + x_offs, mask=(x_offs >= 0) & ok)
+        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K)
+        async_copy.async_copy_global_to_shared(dw, w_ptrs, mask=(w_offs >= 0) & ok)
+        async_copy.async_copy_global_to_shared(ds, s_ptrs, mask=(s_offs >= 0) & ok)
+        async_copy.async_copy_global_to_shared(dx, x_ptrs, mask=(x_offs >= 0) & ok)
 
     @gluon.jit
     def _store_tile(acc, b_ptr, out_ptr, ws_ptr, cnt_ptr, n0, pid_n, pid_k, M, N, stride_om, split,
@@ -355,10 +346,10 @@ def _launch_args(x, weight, scale, bias, out, ws, cnt, *, block_n, block_k, spli
 
 def launch_swab(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                 out: torch.Tensor, ws: torch.Tensor, cnt: torch.Tensor, *, block_n: int, block_k: int,
-                split: int, k_per_split: int, num_warps: int = 4, prefetch: int = 0, ring: int = 0) -> None:
+                split: int, k_per_split: int, num_warps: int = 4, prefetch: bool = False, ring: int = 0) -> None:
     """Launch over (N tiles, split); the caller (`triton_decode.mxfp8_decode_matmul`) owns the buffers.
 
-    ``prefetch``: how many tiles ahead the loads run (0, 1 or 2), held in registers; ``ring`` (>= 2):
+    ``prefetch``: load the next tile into registers while this one is decoded; ``ring`` (>= 2):
     instead stage the tiles through a shared-memory ring of that depth (`_swab_async_kernel`).
     """
     args, meta = _launch_args(x, weight, scale, bias, out, ws, cnt, block_n=block_n, block_k=block_k, split=split,

@@ -240,8 +240,8 @@ class DecodeConfig:
     """One launch configuration of the decode kernels (the benchmark sweeps these)."""
 
     kind: str = "fma"        # "fma" | "mma" | "swab" / "swabcp" (`gluon_decode`: the weight as tensor-core
-    #                          operand A; swab: register prefetch, num_stages - 1 tiles ahead; swabcp: a
-    #                          cp.async shared-memory ring num_stages deep)
+    #                          operand A; swab: num_stages 1 or 2, 2 = register prefetch of the next tile;
+    #                          swabcp: a cp.async shared-memory ring num_stages deep)
     block_n: int = 64
     block_k: int = 256
     split_k: int = 1
@@ -491,6 +491,8 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
         cnt = _tile_counters(x.device)
     if cfg.convert not in _KIND_CONVERTS.get(cfg.kind, ()):
         raise ValueError(f"decode kernel {cfg.kind!r} has no conversion {cfg.convert!r}")
+    if cfg.kind == "swab" and cfg.num_stages > 2:
+        raise ValueError("decode kernel 'swab' prefetches at most one tile (num_stages 1 or 2)")
     if cfg.kind in ("swab", "swabcp"):
         from mxmix.runtime.kernels import gluon_decode
 
@@ -498,7 +500,7 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
         try:
             gluon_decode.launch_swab(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n,
                                      block_k=cfg.block_k, split=split, k_per_split=k_per_split,
-                                     num_warps=cfg.num_warps, prefetch=0 if ring else cfg.num_stages - 1, ring=ring)
+                                     num_warps=cfg.num_warps, prefetch=not ring and cfg.num_stages > 1, ring=ring)
         except Exception as exc:
             if config is not None:  # an explicit configuration is an explicit request
                 raise
