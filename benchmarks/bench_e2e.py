@@ -21,8 +21,9 @@ Reported: decode tokens/s (steady state), the ratios, weights-resident GPU memor
 generation. Target (issue 5): graph decode >= 1.5x BF16. ``--profile`` prints the GPU time by kernel of one
 eager step.
 
-``--variants swab=off,fma=prmt,mma=f32,fma=prmt+mma=cvt`` re-measures the final MXFP8 graph decode with the
-Triton decode kernels instead of the Gluon one (``swab=off``) or other E4M3 conversions in their heuristic
+``--variants swab=off,wgmma=off,fma=prmt,mma=f32,fma=prmt+mma=cvt`` re-measures the final MXFP8 graph decode
+with the Triton decode kernels instead of the Gluon ones (``swab=off``), the mma.sync Gluon kernel instead of
+the wgmma one (``wgmma=off``), or other E4M3 conversions in their heuristic
 (`triton_decode.FMA_CONVERT` / `MMA_CONVERT`), then the shipped default once more (run-to-run spread).
 """
 
@@ -204,15 +205,17 @@ def main(argv: list[str] | None = None) -> int:
 
         mx["variants"] = {}
         for spec in [v for v in args.variants.split(",") if v] + ["default"]:
-            saved = (td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB)
+            saved = (td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB, td.WGMMA)
             for part in ([] if spec == "default" else spec.split("+")):
                 kind, conv = part.split("=")
-                if kind == "swab":  # swab=off: the Triton decode kernels instead of the Gluon one
+                if kind == "swab":  # swab=off: the Triton decode kernels instead of the Gluon ones
                     td.SWAB = conv not in ("off", "0")
+                elif kind == "wgmma":  # wgmma=off: the mma.sync Gluon kernel instead of the wgmma one
+                    td.WGMMA = conv not in ("off", "0")
                 else:
                     setattr(td, f"{kind.upper()}_CONVERT", conv)
             r = measure(model, args.prompt_len, args.new_tokens, f"mxfp8+pointwise {spec}", 0)
-            td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB = saved
+            td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB, td.WGMMA = saved
             mx["variants"][spec] = {"tok_s": r["graph"]["tok_s"], "speedup": r["graph"]["tok_s"] / bf16["graph"]["tok_s"],
                                     "tokens_equal_default": sum(a == b for a, b in zip(r["tokens"], mx["tokens"]))}
             print(f"SUMMARY variant {spec}: {r['graph']['tok_s']:.1f} tok/s -> x{mx['variants'][spec]['speedup']:.2f} "

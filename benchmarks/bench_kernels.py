@@ -228,18 +228,40 @@ SWAB_SWEEP = [("swab", 64, 128, 2, 4), ("swab", 64, 256, 2, 4), ("swab", 128, 12
               ("swabcp", 128, 256, 3, 8)]
 
 
-def sweep_swab(shapes, ms, args) -> list[dict]:
-    """The operand-A Gluon decode kernel (`gluon_decode`) over tiles and splits, against the Triton kernels'
-    heuristic pick and cuBLAS BF16, in the same run."""
+# the wgmma kernel (`gluon_wgmma`): (kind, block_n, block_k, stages, warps); 128-row tiles (two warpgroups)
+# share one x tile, for the M where the x tile is large
+WGMMA_SWEEP = [("wgmma", 64, 128, 2, 4), ("wgmma", 64, 128, 3, 4), ("wgmma", 64, 128, 4, 4),
+               ("wgmma", 64, 256, 2, 4), ("wgmma", 64, 256, 3, 4)]
+WGMMA_SWEEP_WIDE = [("wgmma", 64, 128, 2, 4), ("wgmma", 128, 128, 2, 8), ("wgmma", 128, 128, 3, 8),
+                    ("wgmma", 128, 256, 2, 8)]
+
+
+def wgmma_variants(m: int) -> list[tuple]:
+    return WGMMA_SWEEP_WIDE if m >= 128 else WGMMA_SWEEP
+
+
+def sweep_swab(shapes, ms, args, variants=None) -> list[dict]:
+    """The Gluon kernels (`gluon_decode`, or ``variants``) over tiles and splits, against the Triton kernels'
+    heuristic pick, the shipped dispatch (`mxfp8_matmul`) and cuBLAS BF16, in the same run."""
+    from mxmix.runtime.kernels import kernel_path, mxfp8_matmul
     from mxmix.runtime.kernels.triton_decode import DecodeConfig, _sm_count, default_decode_config
 
     rows = []
     for n, k, m, sets, xs, bf16 in cases(shapes, ms):
         sms = _sm_count(xs[0].device)
+        shipped = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                              lambda x, q, s: mxfp8_matmul(x, q, s)), warmup=5, rep=15)
+        path = kernel_path(xs[0], sets[0][1], sets[0][2])
+        rows.append({"n": n, "k": k, "m": m, "config": f"shipped ({path})", "kind": path, "us": shipped,
+                     "bf16_us": bf16, "speedup": bf16 / shipped, "old_default": False, "default": False})
         old = default_decode_config(m, n, k, sms, swab=False)
         new = default_decode_config(m, n, k, sms)
-        cfgs = [old, new] + [DecodeConfig(kind, bn, bk, sp, w, st, "fold") for kind, bn, bk, st, w in SWAB_SWEEP
-                             for sp in (1, 2, 4, 8, 16) if k // sp >= bk]
+        # the Triton decode kernels are built for M <= 16, the mma.sync Gluon kernel for M <= 64
+        table = variants(m) if callable(variants) else (variants or SWAB_SWEEP)
+        splits = (1, 2, 4) if m >= 128 else (1, 2, 4, 8, 16)
+        cfgs = [c for c, top in ((old, 16), (new, 128)) if m <= top] + [DecodeConfig(kind, bn, bk, sp, w, st, "fold")
+                                                                          for kind, bn, bk, st, w in table
+                                                                          for sp in splits if k // sp >= bk]
         seen, times = [], {}
         for cfg in cfgs:
             if cfg in seen:
@@ -253,7 +275,8 @@ def sweep_swab(shapes, ms, args) -> list[dict]:
                              "default": cfg == new})
         best = min(times, key=times.get)
         top = sorted(times, key=times.get)[:3]
-        print(f"{n:>6}x{k:<6} M={m:<3} bf16 {bf16:7.1f} us  old {times.get(old, float('nan')):7.1f} "
+        print(f"{n:>6}x{k:<6} M={m:<3} bf16 {bf16:7.1f} us  shipped {shipped:7.1f} x{bf16 / shipped:.2f} ({path})  "
+              f"old {times.get(old, float('nan')):7.1f} "
               f"x{bf16 / times.get(old, float('nan')):.2f}  new {times.get(new, float('nan')):7.1f} "
               f"x{bf16 / times.get(new, float('nan')):.2f}  best x{bf16 / times[best]:.2f} {best.label()}  | "
               + "; ".join(f"{c.label()} {times[c]:.1f}" for c in top), flush=True)
@@ -408,19 +431,31 @@ def sweep_convert(shapes, ms, args) -> list[dict]:
     return rows
 
 
-def compile_swab(m: int, cfg, split: bool = True, bias: bool = False):
-    """Compile the operand-A Gluon decode kernels (`gluon_decode`) for sm_90 without a GPU."""
+GLUON_SIGNATURE = ["x_ptr", "w_ptr", "s_ptr", "b_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "M", "N", "K", "KS",
+                   "stride_xm", "stride_om", "k_per_split", "kb_per_split", "split"]
+
+
+def compile_gluon(fn, weight_type: str, const: dict, num_warps: int):
+    """Compile a Gluon decode kernel (both share one signature) for sm_90 without a GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
+
+    types = ["*bf16", weight_type, "*u8", "*bf16", "*bf16", "*fp32", "*i32"] + ["i32"] * 9
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 13)}
+    src = GluonASTSource(fn, {**dict(zip(GLUON_SIGNATURE, types)), **dict.fromkeys(const, "constexpr")}, const,
+                         attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def compile_swab(m: int, cfg, split: bool = True, bias: bool = False):
+    """Compile the operand-A mma.sync kernels (`gluon_decode`) for sm_90 without a GPU."""
+    import triton
 
     from mxmix.runtime.kernels import gluon_decode as gd
 
     block_m = max(8, triton.next_power_of_2(m))
     mma, a_l, b_l, w_l, l3, s_ld = gd.layouts(cfg.block_n, cfg.block_k, cfg.num_warps)
-    names = ["x_ptr", "w_ptr", "s_ptr", "b_ptr", "out_ptr", "ws_ptr", "cnt_ptr", "M", "N", "K", "KS", "stride_xm",
-             "stride_om", "k_per_split", "kb_per_split", "split"]
-    types = ["*bf16", "*i32", "*u8", "*bf16", "*bf16", "*fp32", "*i32"] + ["i32"] * 9
     const = {"HAS_BIAS": bias, "SPLIT": split, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "BLOCK_M": block_m,
              "MMA": mma, "A_L": a_l, "B_L": b_l, "W_L": w_l, "L3": l3, "S_LD": s_ld}
     if cfg.kind == "swabcp":
@@ -430,9 +465,16 @@ def compile_swab(m: int, cfg, split: bool = True, bias: bool = False):
     else:
         const["PREFETCH"] = cfg.num_stages > 1
         fn = gd._swab_kernel
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 13)}
-    src = GluonASTSource(fn, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")}, const, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps})
+    return compile_gluon(fn, "*i32", const, cfg.num_warps)
+
+
+def compile_wgmma(m: int, cfg, split: bool = True, bias: bool = False):
+    """Compile the wgmma kernel (`gluon_wgmma`) for sm_90 without a GPU."""
+    from mxmix.runtime.kernels import gluon_wgmma as gw
+
+    const = gw.kernel_meta(m, block_n=cfg.block_n, block_k=cfg.block_k, split=2 if split else 1,
+                           num_warps=cfg.num_warps, stages=cfg.num_stages, has_bias=bias)
+    return compile_gluon(gw._wgmma_kernel, "*i16", const, cfg.num_warps)
 
 
 def sass_report(ms, args) -> list[dict]:
@@ -460,14 +502,22 @@ def sass_report(ms, args) -> list[dict]:
     attrs = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12)}
     rows = []
     cfgs = []
+    from mxmix.runtime.kernels import gluon_decode
+
     for m in ms:
-        for swab in (True, False):
-            base = td.default_decode_config(m, 8192, 28672, swab=swab)
+        # the wgmma kernel (Hopper's default), the mma.sync Gluon kernel, the Triton kernels
+        bases = [td.wgmma_config(m, 8192, 28672)]
+        if gluon_decode.supports(m, 28672, 128):
+            bases.append(td.swab_config(m, 8192, 28672))
+        bases.append(td.default_decode_config(m, 8192, 28672, swab=False))
+        for base in bases:
             cfgs += [(m, td.DecodeConfig(base.kind, base.block_n, base.block_k, base.split_k, base.num_warps,
                                          base.num_stages, conv)) for conv in td._KIND_CONVERTS[base.kind]
                      if (m, base.kind, conv) not in {(c[0], c[1].kind, c[1].convert) for c in cfgs}]
     for m, cfg in cfgs:
-        if cfg.kind in ("swab", "swabcp"):
+        if cfg.kind == "wgmma":
+            kernel = compile_wgmma(m, cfg)
+        elif cfg.kind in ("swab", "swabcp"):
             kernel = compile_swab(m, cfg)
         else:
             block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
@@ -505,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-decode", action="store_true")
     ap.add_argument("--sweep-prefill", action="store_true")
     ap.add_argument("--sweep-swab", action="store_true", help="operand-A Gluon decode kernel: tiles x splits")
+    ap.add_argument("--sweep-wgmma", action="store_true", help="the wgmma kernel (Hopper): tiles x splits")
     ap.add_argument("--sweep-convert", action="store_true")
     ap.add_argument("--prefill-breakdown", action="store_true", help="prefill: GEMM on dequantized weight, dequant, whole")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
@@ -541,10 +592,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = sweep_decode(shapes, ms, args)
     elif args.sweep_convert:
         rows = sweep_convert(shapes, ms, args)
-    elif args.sweep_swab:
+    elif args.sweep_swab or args.sweep_wgmma:
         if args.llama:
             shapes = shapes + [v for v in LLAMA_LAYERS.values() if v not in shapes]
-        rows = sweep_swab(shapes, ms, args)
+        rows = sweep_swab(shapes, ms, args, wgmma_variants if args.sweep_wgmma else None)
     elif args.prefill_breakdown:
         rows = prefill_breakdown(shapes, ms, args)
     elif args.sweep_prefill:

@@ -22,7 +22,9 @@ for step in $steps; do
     swabsweep) python3 benchmarks/bench_kernels.py --sweep-swab --llama --ms 1,2,4,8,16 --json "$OUT/swabsweep.json" 2>&1 \
                | tee "$OUT/swabsweep.log" ;;
     alltests) python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/alltests.log" | tail -15 ;;
-    e2e) python3 benchmarks/bench_e2e.py --profile --variants "swab=off" \
+    runtimetests) python3 -m pytest -q -p no:cacheprovider -m gpu tests/runtime 2>&1 | tee "$OUT/runtimetests.log" \
+               | tail -15 ;;
+    e2e) python3 benchmarks/bench_e2e.py --profile --variants "swab=off,wgmma=off" \
            --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" | grep -v Warning ;;
     convert) python3 benchmarks/bench_kernels.py --sweep-convert --llama --json "$OUT/convert.json" 2>&1 \
                | tee "$OUT/convert.log" | grep -v "^      " ;;
@@ -35,6 +37,10 @@ for step in $steps; do
                b.sweep_dequant([(8192, 8192), (28672, 8192)])" 2>&1 | tee "$OUT/dequant.log" ;;
     prefilldiag) python3 benchmarks/bench_kernels.py --prefill-breakdown --ms 4096 --json "$OUT/prefilldiag.json" 2>&1 \
                | tee "$OUT/prefilldiag.log" ;;
+    wgtests) python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_gluon_wgmma_gpu.py 2>&1 \
+               | tee "$OUT/wgtests.log" | tail -15 ;;
+    wgsweep) python3 benchmarks/bench_kernels.py --sweep-wgmma --ms ${WG_MS:-8,16,32,64,128,256} \
+               --json "$OUT/wgsweep.json" 2>&1 | tee "$OUT/wgsweep.log" | grep -v "^    " ;;
     prefill) python3 benchmarks/bench_kernels.py --ms 512,4096 --json "$OUT/prefill.json" 2>&1 | tee "$OUT/prefill.log" ;;
   esac
 done

@@ -1,17 +1,20 @@
-"""The operand-A Gluon decode kernel (`gluon_decode`) vs the exact reference, on a GPU.
-
-Weights cover every finite E4M3 byte; scales span the whole fold range (bytes 3 and 134 included).
-Outputs and split-K workspaces are poisoned with NaN so that an unwritten element fails.
+"""The operand-A Gluon decode kernel (`gluon_decode`) vs the exact reference, on a GPU. Inputs and checks: `gluon_cases`.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from gluon_cases import (
+    REL_TOL,
+    assert_one_hot_rows_exact,
+    assert_split_k_repeatable_and_capturable,
+    random_weights,
+    reference,
+    rel_err,
+)
 
 pytestmark = pytest.mark.gpu
-
-REL_TOL = 1e-2
 
 
 def _gluon():
@@ -20,29 +23,6 @@ def _gluon():
     if not gluon_decode.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
     return gluon_decode
-
-
-def _weights(n: int, k: int, gen: torch.Generator, lo: int = 3, hi: int = 134):
-    q = torch.randint(0, 256, (n, k), generator=gen, dtype=torch.int32)
-    q = torch.where((q & 0x7F) == 0x7F, q - 1, q).to(torch.uint8).view(torch.float8_e4m3fn)
-    s = torch.randint(100, 128, (n, k // 32), generator=gen, dtype=torch.int32)
-    edge = torch.rand(s.shape, generator=gen)
-    s[edge < 0.02] = lo
-    s[edge > 0.98] = hi
-    return q, s.to(torch.uint8)
-
-
-def _reference(x, q, s, bias):
-    from mxmix.mx import dequantize
-
-    w = dequantize(q.cpu(), s.cpu(), dtype=torch.float32).double()
-    y = x.cpu().double() @ w.T
-    return y if bias is None else y + bias.cpu().double()
-
-
-def _rel_err(y, ref) -> float:
-    assert not torch.isnan(y).any(), "NaN in output: an element was not written"
-    return float((y.cpu().double() - ref).norm() / ref.norm())
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (1, 96, 128), (2, 1000, 2048), (3, 512, 4096), (5, 300, 1024),
@@ -63,7 +43,7 @@ def test_swab_matches_reference(m: int, n: int, k: int) -> None:
             if k % block_k:
                 continue
             gen = torch.Generator().manual_seed(100 + seed)
-            q, s = _weights(n, k, gen)
+            q, s = random_weights(n, k, gen)
             x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
             b = torch.randn(n, generator=gen).to(torch.bfloat16) if seed % 2 else None
             cfg = td.DecodeConfig(kind, block_n, block_k, split, warps, stages, "fold")
@@ -72,7 +52,7 @@ def test_swab_matches_reference(m: int, n: int, k: int) -> None:
             y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), None if b is None else b.cuda(),
                                        config=cfg, out=out)
             assert y.data_ptr() == out.data_ptr()
-            err = _rel_err(y, _reference(x, q, s, b))
+            err = rel_err(y, reference(x, q, s, b))
             print(f"swab {cfg.label()} m={m} n={n} k={k}: rel err {err:.2e}")
             assert err < REL_TOL, (cfg, err)
     finally:
@@ -81,29 +61,13 @@ def test_swab_matches_reference(m: int, n: int, k: int) -> None:
 
 @pytest.mark.parametrize("m", [1, 8, 16])
 def test_swab_one_hot_rows_are_bit_exact(m: int) -> None:
-    """x = one-hot rows: each output is the bf16 dequantized weight, bit for bit, over every finite byte
-    and the fold range's extreme scales (subnormal products at byte 3, 2^7 multipliers at byte 134)."""
     _gluon()
-    from mxmix.mx import dequantize
     from mxmix.runtime.kernels import triton_decode as td
 
-    gen = torch.Generator().manual_seed(29)
-    n, k = 384, 2048
-    byte = torch.arange(n * k, dtype=torch.int32).reshape(n, k) % 256
-    byte = byte[:, torch.randperm(k, generator=gen)]
-    q = torch.where((byte & 0x7F) == 0x7F, byte - 1, byte).to(torch.uint8).view(torch.float8_e4m3fn)
-    s = torch.randint(3, 135, (n, k // 32), generator=gen, dtype=torch.int32).to(torch.uint8)
-    s[0, 0], s[1, 1] = 3, 134
-    want = dequantize(q, s, dtype=torch.bfloat16)
-    for kind, split, block_k, stages in (("swab", 1, 128, 1), ("swab", 4, 256, 2), ("swab", 2, 512, 1),
-                                         ("swab", 3, 128, 2), ("swabcp", 1, 128, 4), ("swabcp", 4, 256, 3)):
-        cols = torch.randperm(k, generator=gen)[:m]
-        x = torch.zeros(m, k, dtype=torch.bfloat16)
-        x[torch.arange(m), cols] = 1.0
-        cfg = td.DecodeConfig(kind, 64, block_k, split, 4, stages, "fold")
-        y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), config=cfg).cpu()
-        bad = (y != want[:, cols].T).sum().item()
-        assert bad == 0, f"{cfg.label()}: {bad} outputs differ from the dequantized weight"
+    assert_one_hot_rows_exact([td.DecodeConfig(kind, 64, block_k, split, 4, stages, "fold")
+                               for kind, split, block_k, stages in (
+                                   ("swab", 1, 128, 1), ("swab", 4, 256, 2), ("swab", 2, 512, 1), ("swab", 3, 128, 2),
+                                   ("swabcp", 1, 128, 4), ("swabcp", 4, 256, 3))], m, seed=29)
 
 
 @pytest.mark.parametrize("byte", [0, 2, 135, 200])
@@ -115,7 +79,7 @@ def test_scales_outside_the_fold_range_take_the_triton_kernel(byte: int) -> None
 
     gen = torch.Generator().manual_seed(byte)
     n, k, m = 256, 1024, 4
-    q, s = _weights(n, k, gen)
+    q, s = random_weights(n, k, gen)
     s[17, 5] = byte
     qc, sc = q.cuda(), s.cuda()
     assert not gd.fold_exact(sc)
@@ -127,57 +91,46 @@ def test_scales_outside_the_fold_range_take_the_triton_kernel(byte: int) -> None
     assert torch.equal(y, want) or bool((y == want).all())
 
 
-def test_fp16_activations_take_the_triton_kernel_and_default_picks_swab() -> None:
+def test_fp16_activations_take_the_triton_kernel_and_default_picks_gluon() -> None:
     _gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
     gen = torch.Generator().manual_seed(5)
-    q, s = _weights(512, 2048, gen, lo=110, hi=120)  # outputs within fp16 range
+    q, s = random_weights(512, 2048, gen, lo=110, hi=120)  # outputs within fp16 range
     x = torch.randn(3, 2048, generator=gen)
-    assert td.default_decode_config(3, 512, 2048).kind == "swabcp"
+    hopper = torch.cuda.get_device_capability()[0] == 9
+    assert td.default_decode_config(3, 512, 2048).kind == ("wgmma" if hopper else "swabcp")
     for dtype in (torch.bfloat16, torch.float16):
         y = td.mxfp8_decode_matmul(x.to(dtype).cuda(), q.cuda(), s.cuda())
         assert y.dtype == dtype
-        assert _rel_err(y, _reference(x.to(dtype), q, s, None)) < REL_TOL
+        assert rel_err(y, reference(x.to(dtype), q, s, None)) < REL_TOL
 
 
 def test_swab_split_k_is_repeatable_and_graph_capturable() -> None:
-    """Bit-identical reruns (the per-tile counters are reset by the kernel) and replay from a CUDA graph."""
     _gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
-    gen = torch.Generator().manual_seed(8)
-    q, s = _weights(1536, 4096, gen)
-    q, s = q.cuda(), s.cuda()
-    cfg = td.DecodeConfig("swabcp", 64, 128, 8, 4, 3, "fold")
-    x = torch.randn(6, 4096, generator=gen).to(torch.bfloat16).cuda()
-    y1 = td.mxfp8_decode_matmul(x, q, s, config=cfg).clone()
-    y2 = td.mxfp8_decode_matmul(x, q, s, config=cfg)
-    assert torch.equal(y1.view(torch.int16), y2.view(torch.int16))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y3 = td.mxfp8_decode_matmul(x, q, s, config=cfg)
-    x.copy_(torch.randn(6, 4096, generator=gen).to(torch.bfloat16))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert _rel_err(y3, _reference(x, q.cpu(), s.cpu(), None)) < REL_TOL
+    assert_split_k_repeatable_and_capturable(td.DecodeConfig("swabcp", 64, 128, 8, 4, 3, "fold"), 6, seed=8)
 
 
-def test_rows_up_to_64_take_the_gluon_kernel_only_when_it_runs() -> None:
-    """16 < M <= SWAB_MAX_M goes to the Gluon kernel for bf16 activations, to the fused Triton kernel otherwise."""
+def test_rows_above_16_take_the_gluon_kernels_only_when_they_run() -> None:
+    """16 < M <= SWAB_MAX_M (WGMMA_MAX_M on Hopper) goes to the Gluon kernels for bf16 activations, to the
+    fused Triton kernel otherwise; the result is exact either way."""
     _gluon()
-    from mxmix.runtime.kernels import kernel_path, mxfp8_matmul
-    from mxmix.runtime.kernels.triton_decode import SWAB_MAX_M
+    from mxmix.runtime.kernels import choose_path, kernel_path, mxfp8_matmul
+    from mxmix.runtime.kernels import triton_decode as td
 
     gen = torch.Generator().manual_seed(12)
-    q, s = _weights(640, 2048, gen, lo=110, hi=120)
+    q, s = random_weights(640, 2048, gen, lo=110, hi=120)
     q, s = q.cuda(), s.cuda()
-    for m in (17, SWAB_MAX_M, SWAB_MAX_M + 1, 64):
+    hopper = torch.cuda.get_device_capability()[0] == 9
+    top = td.WGMMA_MAX_M if hopper else td.SWAB_MAX_M
+    for m in (17, td.SWAB_MAX_M, td.SWAB_MAX_M + 1, 64, td.WGMMA_MAX_M, td.WGMMA_MAX_M + 1):
         x = torch.randn(m, 2048, generator=gen)
-        for dtype, expected in ((torch.bfloat16, "decode" if m <= SWAB_MAX_M else "fused"), (torch.float16, "fused")):
+        for dtype, expected in ((torch.bfloat16, "decode" if m <= top else choose_path(m)), (torch.float16, choose_path(m))):
             xd = x.to(dtype).cuda()
             assert kernel_path(xd, q, s) == expected, (m, dtype)
-            assert _rel_err(mxfp8_matmul(xd, q, s), _reference(xd, q, s, None)) < REL_TOL
+            assert rel_err(mxfp8_matmul(xd, q, s), reference(xd, q, s, None)) < REL_TOL
 
 
 def test_a_failing_gluon_launch_falls_back_to_triton_once(monkeypatch) -> None:
@@ -189,15 +142,18 @@ def test_a_failing_gluon_launch_falls_back_to_triton_once(monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("gluon lowering failed")
 
+    from mxmix.runtime.kernels import gluon_wgmma
+
     monkeypatch.setattr(gd, "launch_swab", broken)
+    monkeypatch.setattr(gluon_wgmma, "launch", broken)  # the default on Hopper
     monkeypatch.setattr(gd, "AVAILABLE", True)
     gen = torch.Generator().manual_seed(21)
-    q, s = _weights(256, 1024, gen, lo=110, hi=120)
+    q, s = random_weights(256, 1024, gen, lo=110, hi=120)
     x = torch.randn(4, 1024, generator=gen).to(torch.bfloat16)
     with pytest.warns(RuntimeWarning, match="Gluon decode kernel failed"):
         y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda())
     assert not gd.AVAILABLE
-    assert _rel_err(y, _reference(x, q, s, None)) < REL_TOL
+    assert rel_err(y, reference(x, q, s, None)) < REL_TOL
     monkeypatch.setattr(gd, "AVAILABLE", True)
     with pytest.raises(RuntimeError, match="gluon lowering failed"):
         td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), config=td.DecodeConfig("swabcp", 64, 128, 1, 4, 3, "fold"))
@@ -209,7 +165,7 @@ def test_misaligned_operands_take_the_triton_kernel() -> None:
     from mxmix.runtime.kernels import triton_decode as td
 
     gen = torch.Generator().manual_seed(31)
-    q, s = _weights(256, 1024, gen, lo=110, hi=120)
+    q, s = random_weights(256, 1024, gen, lo=110, hi=120)
     wide = torch.randn(5, 1028, generator=gen).to(torch.bfloat16).cuda()
     x = wide[:, 2:1026]                    # rows 2056 bytes apart, base 4 bytes past an allocation
     s_pad = torch.zeros(257 * 32 + 4, dtype=torch.uint8, device="cuda")
@@ -218,4 +174,4 @@ def test_misaligned_operands_take_the_triton_kernel() -> None:
     assert not td.swab_runs(x, q.cuda(), s_view, 128)
     assert td.swab_runs(x.contiguous(), q.cuda(), s.cuda(), 128)
     y = td.mxfp8_decode_matmul(x, q.cuda(), s_view)
-    assert _rel_err(y, _reference(x, q, s, None)) < REL_TOL
+    assert rel_err(y, reference(x, q, s, None)) < REL_TOL

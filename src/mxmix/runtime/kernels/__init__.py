@@ -25,6 +25,7 @@ __all__ = [
     "default_decode_config",
     "dequantize_cuda",
     "dequantize_to",
+    "gluon_max_m",
     "kernel_path",
     "mxfp8_decode_matmul",
     "mxfp8_matmul",
@@ -37,28 +38,37 @@ DECODE_MAX_M = 16
 FUSED_MAX_M = 256
 
 
-def choose_path(m: int, swab: bool = False) -> str:
+def choose_path(m: int, gluon_max_m: int = 0) -> str:
     """Which kernel serves M rows: 'decode' (weight streaming), 'fused' (dequant in the MMA loop), 'cublas'.
 
-    ``swab``: the operand-A Gluon decode kernel can serve this call (`kernel_path`); it then also takes
-    M up to `triton_decode.SWAB_MAX_M`, where it streams the weight once for all rows.
+    ``gluon_max_m``: the largest M the Gluon kernels take for this call (`gluon_max_m`); they stream the
+    weight once for all rows, so they also serve M above DECODE_MAX_M up to it.
     """
-    from mxmix.runtime.kernels.triton_decode import SWAB_MAX_M
-
-    if m <= DECODE_MAX_M or (swab and m <= SWAB_MAX_M):
+    if m <= max(DECODE_MAX_M, gluon_max_m):
         return "decode"
     if m <= FUSED_MAX_M:
         return "fused"
     return "cublas"
 
 
-def kernel_path(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> str:
-    """The path `mxfp8_matmul` takes for these operands."""
+def gluon_max_m(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> int:
+    """The largest M the Gluon kernels serve for these operands by default: `triton_decode.WGMMA_MAX_M`
+    where the wgmma kernel runs (Hopper), `triton_decode.SWAB_MAX_M` where the mma.sync one does, else 0."""
     from mxmix.runtime.kernels import triton_decode as td
 
+    if not td.SWAB:
+        return 0
+    if td.WGMMA and x.shape[0] <= td.WGMMA_MAX_M and td.wgmma_runs(x, weight, scale, 128):
+        return td.WGMMA_MAX_M
+    if x.shape[0] <= td.SWAB_MAX_M and td.swab_runs(x, weight, scale, 128):
+        return td.SWAB_MAX_M
+    return 0
+
+
+def kernel_path(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> str:
+    """The path `mxfp8_matmul` takes for these operands."""
     m = x.shape[0]
-    swab = DECODE_MAX_M < m <= td.SWAB_MAX_M and td.SWAB and td.swab_runs(x, weight, scale, 128)
-    return choose_path(m, swab)
+    return choose_path(m, gluon_max_m(x, weight, scale) if m > DECODE_MAX_M else 0)
 
 
 def mxfp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,

@@ -1,5 +1,6 @@
-"""Decode kernels (M <= 64) with the weight as the tensor-core A operand, written in Gluon (Triton's
-explicit-layout dialect, shipped with Triton >= 3.5).
+"""Decode kernels (M <= 64) with the weight as the tensor-core A operand of ``mma.sync``, written in Gluon
+(Triton's explicit-layout dialect, shipped with Triton >= 3.5). On Hopper the ``wgmma`` kernel of
+`gluon_wgmma` is the default instead; this one serves the other GPUs and the sweeps.
 
 Why a second decode kernel: the Triton ``mma`` kernel of `triton_decode` multiplies x [M, K] by the
 weight as the B operand, so every dequantized weight tile makes a round trip through shared memory
@@ -182,21 +183,14 @@ mov.b32 {$2, $3}, hi;
         steps = k_len // BLOCK_K
         # K splits are whole K steps, so each row's scales start 4-byte aligned (cp.async copies >= 4 bytes)
         s_blk = s_ptr + n0.to(gl.int64) * KS + gl.multiple_of(pid_k * kb_per_split, 4)
-        r_w = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, CP_W)), last_row)
-        w_offs = (gl.expand_dims(r_w * KW, 1)
-                  + gl.expand_dims(gl.arange(0, BLOCK_K // 4, layout=gl.SliceLayout(0, CP_W)), 0))
-        r_s = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, CP_S)), last_row)
-        s_offs = (gl.expand_dims(gl.multiple_of(r_s * KS, 4), 1)  # K % 128 == 0: rows of scales 4-byte aligned
-                  + gl.expand_dims(gl.arange(0, KB, layout=gl.SliceLayout(0, CP_S)), 0))
-        tok = gl.minimum(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, CP_X)), M - 1)
-        x_offs = (gl.expand_dims(tok * stride_xm, 1)
-                  + gl.expand_dims(gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, CP_X)), 0))
+        w_offs, s_offs, x_offs = _ring_offsets(last_row, KW, KS, M, stride_xm, BLOCK_N, BLOCK_K // 4, KB, BLOCK_K,
+                                               BLOCK_M, CP_W, CP_S, CP_X)
         sm_w = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K // 4], SH_W)
         sm_s = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, KB], SH_S)
         sm_x = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, BLOCK_K], SH_X)
         for p in gl.static_range(STAGES - 1):
             _issue_tile(sm_w.index(p), sm_s.index(p), sm_x.index(p), w_blk, s_blk, x_blk, w_offs, s_offs, x_offs,
-                        p, steps, BLOCK_K)
+                        p, steps, BLOCK_K // 4, BLOCK_K)
             async_copy.commit_group()
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=MMA)
         for i in range(0, steps):
@@ -205,7 +199,7 @@ mov.b32 {$2, $3}, hi;
             t = i + STAGES - 1
             nxt = t % STAGES
             _issue_tile(sm_w.index(nxt), sm_s.index(nxt), sm_x.index(nxt), w_blk, s_blk, x_blk, w_offs, s_offs,
-                        x_offs, t, steps, BLOCK_K)
+                        x_offs, t, steps, BLOCK_K // 4, BLOCK_K)
             async_copy.commit_group()
             cur = i % STAGES
             w = sm_w.index(cur).load(W_L)
@@ -217,21 +211,39 @@ mov.b32 {$2, $3}, hi;
                     HAS_BIAS, SPLIT, BLOCK_N, BLOCK_M, MMA)
 
     @gluon.jit
-    def _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K: gl.constexpr):
-        """Pointers of K tile ``t``: weight words, scale bytes, x columns."""
-        return (w_blk + t * (BLOCK_K // 4) + w_offs, s_blk + t * (BLOCK_K // 32) + s_offs,
-                x_blk + t * BLOCK_K + x_offs)
+    def _ring_offsets(last_row, w_row, KS, M, stride_xm, BLOCK_N: gl.constexpr, W_COLS: gl.constexpr,
+                      KB: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_M: gl.constexpr, CP_W: gl.constexpr,
+                      CP_S: gl.constexpr, CP_X: gl.constexpr):
+        """Offsets of one K tile's copies from the program's bases (shared by both ring kernels): weight
+        elements (``W_COLS`` per row and tile, ``w_row`` per row), scale bytes, x columns. Rows past N or M
+        re-read the last one, so no copy is masked."""
+        r_w = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, CP_W)), last_row)
+        w_offs = (gl.expand_dims(r_w * w_row, 1)
+                  + gl.expand_dims(gl.arange(0, W_COLS, layout=gl.SliceLayout(0, CP_W)), 0))
+        r_s = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, CP_S)), last_row)
+        s_offs = (gl.expand_dims(gl.multiple_of(r_s * KS, 4), 1)  # K % 128 == 0: rows of scales 4-byte aligned
+                  + gl.expand_dims(gl.arange(0, KB, layout=gl.SliceLayout(0, CP_S)), 0))
+        tok = gl.minimum(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, CP_X)), M - 1)
+        x_offs = (gl.expand_dims(tok * stride_xm, 1)
+                  + gl.expand_dims(gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, CP_X)), 0))
+        return w_offs, s_offs, x_offs
+
+    @gluon.jit
+    def _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, W_COLS: gl.constexpr, BLOCK_K: gl.constexpr):
+        """Pointers of K tile ``t``: weight elements (W_COLS per tile and row), scale bytes, x columns."""
+        return (w_blk + t * W_COLS + w_offs, s_blk + t * (BLOCK_K // 32) + s_offs, x_blk + t * BLOCK_K + x_offs)
 
     @gluon.jit
     def _load_tile(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K: gl.constexpr):
-        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K)
+        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K // 4, BLOCK_K)
         return gl.load(w_ptrs), gl.load(s_ptrs), gl.load(x_ptrs)
 
     @gluon.jit
-    def _issue_tile(dw, ds, dx, w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, steps, BLOCK_K: gl.constexpr):
-        """cp.async of K tile ``t`` (weight words, scale bytes, x rows); nothing for t >= steps."""
+    def _issue_tile(dw, ds, dx, w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, steps, W_COLS: gl.constexpr,
+                    BLOCK_K: gl.constexpr):
+        """cp.async of K tile ``t`` (weight elements, scale bytes, x rows); nothing for t >= steps."""
         ok = t < steps
-        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K)
+        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, W_COLS, BLOCK_K)
         async_copy.async_copy_global_to_shared(dw, w_ptrs, mask=(w_offs >= 0) & ok)
         async_copy.async_copy_global_to_shared(ds, s_ptrs, mask=(s_offs >= 0) & ok)
         async_copy.async_copy_global_to_shared(dx, x_ptrs, mask=(x_offs >= 0) & ok)

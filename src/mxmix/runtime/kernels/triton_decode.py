@@ -1,8 +1,10 @@
 """Weight-only MXFP8 kernels for small M (decode): y[M, N] = x[M, K] @ dequant(W[N, K], S[N, K/32])^T.
 
-Where it can run (Gluon present, bf16 activations, scale bytes 3..134, K % 128 == 0) the default is the
-operand-A kernel of `gluon_decode` (policy: `swab_config`); this module owns the dispatch, the split-K
-buffers and the Triton kernels below, which serve every other call.
+Where they can run (Gluon present, bf16 activations, scale bytes 3..134, K % 128 == 0, aligned operands) the
+default is a Gluon kernel with the weight as tensor-core operand A: on Hopper the ``wgmma`` kernel of
+`gluon_wgmma` (policy: `wgmma_config`, also for M up to 256), elsewhere the ``mma.sync`` kernel of
+`gluon_decode` (policy: `swab_config`). This module owns the dispatch, the split-K buffers and the Triton
+kernels below, which serve every other call.
 
 Decode is memory-bound: the weight bytes (1 + 1/32 per element instead of 2 for BF16) set the time,
 so the kernels do as little per-element work as possible (shared docs mxfp8-format.md §7):
@@ -264,7 +266,8 @@ class DecodeConfig:
 # swab's only conversion is "fold": the prmt decode whose packed multiply also applies the block scale
 CONVERTS = {"cvt": 0, "int": 1, "f32": 2, "fold": 3, "prmt": 4}
 _KIND_CONVERTS = {"fma": ("cvt", "int", "prmt"), "mma": ("cvt", "f32", "fold", "prmt"), "swab": ("fold",),
-                  "swabcp": ("fold",)}
+                  "swabcp": ("fold",), "wgmma": ("fold",)}
+GLUON_KINDS = ("swab", "swabcp", "wgmma")  # the Gluon kernels: bf16, scales in the fold range, aligned operands
 
 
 def _sm_count(device: torch.device) -> int:
@@ -293,10 +296,16 @@ MMA_CONVERT: str | None = None  # None: "prmt" (measured, BENCHMARKS.md)
 FMA_MAX_M = 2      # largest M served by the CUDA-core kernel...
 FMA_MULTI_ROW_MAX_ELEMS = 8192 * 8192  # ...but for M >= 2 only on weights up to this many elements
 MMA_MAX_SPLIT = 4
-# the operand-A Gluon kernel (`gluon_decode`): on by default where it runs (see `swab_config`), also for
-# 16 < M <= SWAB_MAX_M (`kernels.choose_path`)
+# the Gluon kernels: on by default where they run (SWAB = False: the Triton kernels only). The mma.sync
+# kernel (`gluon_decode`, `swab_config`) also serves 16 < M <= SWAB_MAX_M (`kernels.choose_path`)...
 SWAB = True
 SWAB_MAX_M = 32  # H200: 0.72-1.09x BF16 at M = 32 (fused kernel 0.49-0.97x); at 64 no better than fused
+# ...and on Hopper the wgmma kernel (`gluon_wgmma`, `wgmma_config`) serves WGMMA_MIN_M <= M <= WGMMA_MAX_M
+# instead (H200, 2026-11-28: faster than the mma.sync kernel at every M swept, 1 to 64; 0.26-0.67x BF16 at
+# M = 256 against 0.24-0.43x for the fused Triton kernel)
+WGMMA = True
+WGMMA_MIN_M = 1
+WGMMA_MAX_M = 256
 
 
 def _fma_serves(m: int, n: int, k: int) -> bool:
@@ -333,19 +342,48 @@ def swab_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
     return DecodeConfig("swabcp", 64, block_k, split, 4, 3, "fold")
 
 
+def wgmma_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
+    """Launch policy of the wgmma kernel, fitted to the H200 sweeps of 2026-11-28 (`bench_kernels.py
+    --sweep-wgmma`: 25 variants per shape at M <= 64, 12 at M >= 128; BENCHMARKS.md).
+
+    * M <= 128: 64-row tiles (one warpgroup); above, 128-row tiles (two warpgroups share the x tile).
+    * K steps of 256 at M <= 8 and at 16 < M <= 32, else 128; a ring of 2 tiles at M <= 8 and from
+      M = 128 (shared memory), else 3.
+    * The K split (a power of two) fills up to about 4 programs per SM at M <= 16 (each split >= 512 of K
+      at M <= 8, >= 1024 at M = 9..16), 2 per SM up to M = 128 and 1 above (>= 1024 and 2048 of K): at
+      larger M each split re-reads the x tile and adds more partial sums.
+    """
+    wide = m > 128
+    block_n = 128 if wide else 64
+    block_k = 256 if (m <= 8 or 16 < m <= 32) and k % 256 == 0 else 128
+    stages = 2 if m <= 8 or m >= 128 else 3
+    tiles = triton.cdiv(n, block_n)
+    target = (4 if m <= 16 else 1 if wide else 2) * sm_count
+    min_k = 512 if m <= 8 else 2048 if wide else 1024
+    split = 1
+    while split < 16 and tiles * split * 2 <= target and k // (split * 2) >= max(min_k, block_k):
+        split *= 2
+    return DecodeConfig("wgmma", block_n, block_k, split, block_n // 16, stages, "fold")
+
+
 def default_decode_config(m: int, n: int, k: int, sm_count: int = 132, swab: bool | None = None) -> DecodeConfig:
     """Heuristic launch configuration: split K until ~4 programs per SM (at most 4 ways for the mma kernel).
 
-    ``swab`` (default: `SWAB`, when Gluon is present): the operand-A Gluon kernel (`gluon_decode`) for the
-    M it serves; callers pass False where it cannot run (fp16 activations, scales outside its fold range).
+    ``swab`` (default: `SWAB`, when Gluon is present): the Gluon kernels for the M they serve - on Hopper the
+    wgmma kernel (`gluon_wgmma`, `wgmma_config`) for WGMMA_MIN_M <= M <= WGMMA_MAX_M, else the operand-A
+    ``mma.sync`` kernel (`gluon_decode`, `swab_config`); callers pass False where they cannot run (fp16
+    activations, scales outside the fold range).
     Otherwise, fitted to graph-timed sweeps (BENCHMARKS.md): the GEMV at M = 1 (and at M = 2 on weights up
     to 8192x8192), the tensor-core kernel with the byte-permute E4M3 conversion above. In the H100 sweep of
     2026-11-28 (`bench_kernels.py --sweep-decode`, 72 tensor-core configurations at M = 2, 4, 16) a
     64-wide tile with 128-wide K steps split 4 ways was the best or within 2 % of it on every shape.
     """
-    from mxmix.runtime.kernels import gluon_decode
+    from mxmix.runtime.kernels import gluon_decode, gluon_wgmma
 
-    if (SWAB if swab is None else swab) and gluon_decode.supports(m, k, 128):
+    gluon = SWAB if swab is None else swab
+    if gluon and WGMMA and WGMMA_MIN_M <= m <= WGMMA_MAX_M and gluon_wgmma.supports(m, k, 128):
+        return wgmma_config(m, n, k, sm_count)
+    if gluon and gluon_decode.supports(m, k, 128):
         return swab_config(m, n, k, sm_count)
     if _fma_serves(m, n, k):
         block_k = 512 if m == 1 and n >= 14336 else 256
@@ -449,15 +487,29 @@ def _tile_counters(device: torch.device) -> torch.Tensor:
     return cnt
 
 
-def swab_runs(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int) -> bool:
-    """Whether the operand-A Gluon kernel can serve this call exactly (bf16 activations, shape, scale range)
-    and with its 16-byte copies (16-byte aligned tensors, x rows a multiple of 16 bytes apart)."""
+def gluon_operands_ok(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether the Gluon kernels can take these operands exactly (bf16 activations, scale bytes in the fold
+    range) and with their 16-byte copies (16-byte aligned tensors, x rows a multiple of 16 bytes apart)."""
     from mxmix.runtime.kernels import gluon_decode
 
     aligned = (x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0 and weight.data_ptr() % 16 == 0
                and scale.data_ptr() % 16 == 0 and weight.is_contiguous() and scale.is_contiguous())
-    return (x.dtype == torch.bfloat16 and aligned and gluon_decode.supports(x.shape[0], x.shape[1], block_k)
-            and gluon_decode.fold_exact(scale))
+    return x.dtype == torch.bfloat16 and aligned and gluon_decode.fold_exact(scale)
+
+
+def swab_runs(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int) -> bool:
+    """Whether the operand-A ``mma.sync`` kernel (`gluon_decode`) can serve this call exactly."""
+    from mxmix.runtime.kernels import gluon_decode
+
+    return gluon_decode.supports(x.shape[0], x.shape[1], block_k) and gluon_operands_ok(x, weight, scale)
+
+
+def wgmma_runs(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block_k: int) -> bool:
+    """Whether the ``wgmma`` kernel (`gluon_wgmma`, Hopper only) can serve this call exactly."""
+    from mxmix.runtime.kernels import gluon_wgmma
+
+    return (gluon_wgmma.supports(x.shape[0], x.shape[1], block_k, x.device)
+            and gluon_operands_ok(x, weight, scale))
 
 
 def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -469,7 +521,8 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     if x.stride(1) != 1:
         x = x.contiguous()
     cfg = config or tuned_decode_config(x, weight, scale)
-    if cfg.kind in ("swab", "swabcp") and not swab_runs(x, weight, scale, cfg.block_k):
+    runs = wgmma_runs if cfg.kind == "wgmma" else swab_runs
+    if cfg.kind in GLUON_KINDS and not runs(x, weight, scale, cfg.block_k):
         cfg = default_decode_config(m, n, k, _sm_count(x.device), swab=False)
     if cfg.kind == "mma" and cfg.convert == "fold" and x.dtype != torch.bfloat16:
         cfg = replace(cfg, convert="prmt")  # a folded weight is exact in bf16, not in fp16
@@ -493,14 +546,20 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
         raise ValueError(f"decode kernel {cfg.kind!r} has no conversion {cfg.convert!r}")
     if cfg.kind == "swab" and cfg.num_stages > 2:
         raise ValueError("decode kernel 'swab' prefetches at most one tile (num_stages 1 or 2)")
-    if cfg.kind in ("swab", "swabcp"):
-        from mxmix.runtime.kernels import gluon_decode
+    if cfg.kind in GLUON_KINDS:
+        from mxmix.runtime.kernels import gluon_decode, gluon_wgmma
 
         ring = cfg.num_stages if cfg.kind == "swabcp" else 0
         try:
-            gluon_decode.launch_swab(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n,
-                                     block_k=cfg.block_k, split=split, k_per_split=k_per_split,
-                                     num_warps=cfg.num_warps, prefetch=not ring and cfg.num_stages > 1, ring=ring)
+            if cfg.kind == "wgmma":
+                gluon_wgmma.launch(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n, block_k=cfg.block_k,
+                                   split=split, k_per_split=k_per_split, num_warps=cfg.num_warps,
+                                   stages=cfg.num_stages)
+            else:
+                gluon_decode.launch_swab(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n,
+                                         block_k=cfg.block_k, split=split, k_per_split=k_per_split,
+                                         num_warps=cfg.num_warps, prefetch=not ring and cfg.num_stages > 1,
+                                         ring=ring)
         except Exception as exc:
             if config is not None:  # an explicit configuration is an explicit request
                 raise

@@ -1,0 +1,43 @@
+"""The launch policies of the Gluon decode kernels pick configurations the kernels can run (needs Triton,
+not a GPU: the policies are pure functions of M, N, K and the SM count)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+pytest.importorskip("triton")
+
+SHAPES = [(4096, 4096), (8192, 8192), (28672, 8192), (8192, 28672), (128256, 4096), (6144, 4096), (96, 128),
+          (1000, 1152), (300, 640), (5, 3968)]
+MS = [1, 2, 3, 5, 8, 9, 16, 17, 31, 32, 33, 64, 65, 100, 128, 129, 200, 256]
+
+
+@pytest.mark.parametrize("sms", [78, 114, 132])
+def test_wgmma_policy_picks_runnable_configurations(sms: int) -> None:
+    from mxmix.runtime.kernels import gluon_wgmma as gw
+    from mxmix.runtime.kernels.triton_decode import wgmma_config
+
+    for (n, k), m in itertools.product(SHAPES, MS):
+        cfg = wgmma_config(m, n, k, sms)
+        where = (m, n, k, sms, cfg.label())
+        assert cfg.kind == "wgmma" and cfg.convert == "fold", where
+        assert k % cfg.block_k == 0 and cfg.block_k >= gw.MIN_BLOCK_K, where
+        assert cfg.split_k in (1, 2, 4, 8, 16) and k // cfg.split_k >= cfg.block_k, where
+        assert cfg.num_warps == cfg.block_n // 16 and cfg.block_n in (64, 128), where
+        assert gw.fits(cfg.block_n, cfg.block_k, gw.block_m_for(m), cfg.num_stages), where
+        assert cfg.split_k == 1 or triton_cdiv(n, cfg.block_n) * cfg.split_k <= 4 * sms, where
+
+
+def test_swab_policy_picks_runnable_configurations() -> None:
+    from mxmix.runtime.kernels.triton_decode import swab_config
+
+    for (n, k), m in itertools.product(SHAPES, [m for m in MS if m <= 64]):
+        cfg = swab_config(m, n, k)
+        assert k % cfg.block_k == 0 and cfg.split_k in (1, 2, 4, 8, 16), (m, n, k, cfg.label())
+        assert k // cfg.split_k >= cfg.block_k, (m, n, k, cfg.label())
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,99 @@
+"""The ``wgmma`` kernel (`gluon_wgmma`, Hopper only) vs the exact reference. Inputs and checks: `gluon_cases`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gluon_cases import (
+    REL_TOL,
+    assert_one_hot_rows_exact,
+    assert_split_k_repeatable_and_capturable,
+    random_weights,
+    reference,
+    rel_err,
+)
+
+pytestmark = pytest.mark.gpu
+
+
+def _wgmma():
+    from mxmix.runtime.kernels import gluon_wgmma
+
+    if not gluon_wgmma.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("wgmma needs a Hopper GPU")
+    return gluon_wgmma
+
+
+CONFIGS = [(64, 128, 1, 3), (64, 128, 4, 3), (64, 256, 2, 2), (64, 128, 3, 4), (64, 256, 1, 3), (64, 128, 8, 2),
+           (128, 128, 1, 2), (128, 128, 2, 3)]  # (block_n, block_k, split, stages); 128 rows: two warpgroups
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (3, 200, 1280), (8, 1000, 2048), (16, 1024, 4096),
+                                   (24, 700, 2048), (33, 1024, 1024), (64, 384, 4096), (100, 520, 2048),
+                                   (128, 256, 1536), (200, 130, 1024), (256, 640, 2048)])
+def test_wgmma_matches_reference(m: int, n: int, k: int) -> None:
+    from mxmix.runtime.kernels import triton_decode as td
+
+    td.POISON_WORKSPACE = True
+    try:
+        wg = _wgmma()
+        for seed, (block_n, block_k, split, stages) in enumerate(CONFIGS):
+            if k % block_k or k // split < block_k or not wg.fits(block_n, block_k, wg.block_m_for(m), stages):
+                continue
+            gen = torch.Generator().manual_seed(200 + seed)
+            q, s = random_weights(n, k, gen)
+            x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+            b = torch.randn(n, generator=gen).to(torch.bfloat16) if seed % 2 else None
+            cfg = td.DecodeConfig("wgmma", block_n, block_k, split, block_n // 16, stages, "fold")
+            assert td.wgmma_runs(x.cuda(), q.cuda(), s.cuda(), block_k)
+            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+            y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), None if b is None else b.cuda(),
+                                       config=cfg, out=out)
+            assert y.data_ptr() == out.data_ptr()
+            err = rel_err(y, reference(x, q, s, b))
+            print(f"wgmma {cfg.label()} m={m} n={n} k={k}: rel err {err:.2e}")
+            assert err < REL_TOL, (cfg, err)
+    finally:
+        td.POISON_WORKSPACE = False
+
+
+@pytest.mark.parametrize("m", [1, 16, 100, 256])
+def test_wgmma_one_hot_rows_are_bit_exact(m: int) -> None:
+    wg = _wgmma()
+    from mxmix.runtime.kernels import triton_decode as td
+
+    assert_one_hot_rows_exact([td.DecodeConfig("wgmma", 64, block_k, split, 4, stages, "fold")
+                               for split, block_k, stages in ((1, 128, 3), (4, 256, 2), (3, 128, 4), (2, 128, 2))
+                               if wg.fits(64, block_k, wg.block_m_for(m), stages)], m, seed=37)
+
+
+def test_wgmma_split_k_is_repeatable_and_graph_capturable() -> None:
+    _wgmma()
+    from mxmix.runtime.kernels import triton_decode as td
+
+    assert_split_k_repeatable_and_capturable(td.DecodeConfig("wgmma", 64, 128, 8, 4, 3, "fold"), 48, seed=41)
+
+
+def test_wgmma_configuration_for_unsupported_operands_takes_the_triton_kernel() -> None:
+    """Scale bytes outside the fold range, fp16 activations or a K that is not a multiple of the K step:
+    an explicit wgmma configuration still gives the exact result (through the Triton kernels)."""
+    _wgmma()
+    from mxmix.runtime.kernels import triton_decode as td
+
+    gen = torch.Generator().manual_seed(43)
+    cases = []
+    q, s = random_weights(256, 1024, gen)
+    s[0, 0] = 200
+    cases.append((torch.randn(40, 1024, generator=gen).to(torch.bfloat16), q, s))
+    q, s = random_weights(256, 1024, gen, lo=110, hi=120)  # outputs within fp16 range
+    cases.append((torch.randn(40, 1024, generator=gen).to(torch.float16), q, s))
+    q, s = random_weights(256, 1056, gen)
+    cases.append((torch.randn(40, 1056, generator=gen).to(torch.bfloat16), q, s))
+    for x, q, s in cases:
+        assert not td.wgmma_runs(x.cuda(), q.cuda(), s.cuda(), 128)
+        y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), config=td.DecodeConfig("wgmma", 64, 128, 1, 4, 3,
+                                                                                         "fold"))
+        assert rel_err(y.float(), reference(x.float(), q, s, None)) < REL_TOL
