@@ -39,5 +39,22 @@ def test_swab_policy_picks_runnable_configurations() -> None:
         assert k // cfg.split_k >= cfg.block_k, (m, n, k, cfg.label())
 
 
+def test_autotune_candidates_can_all_run() -> None:
+    """Every wgmma candidate fits in shared memory and divides K; splits leave at least one K step."""
+    from mxmix.runtime.kernels import gluon_wgmma as gw
+    from mxmix.runtime.kernels.triton_decode import candidate_configs
+
+    for (n, k), m in itertools.product(SHAPES, [1, 4, 16, 32, 64, 128, 256]):
+        cands = candidate_configs(m, n, k, wgmma=True)
+        wg = [c for c in cands if c.kind == "wgmma"]
+        assert wg, (m, n, k)
+        for c in cands:
+            assert c.split_k == 1 or k // c.split_k >= c.block_k, (m, n, k, c.label())
+        for c in wg:
+            assert k % c.block_k == 0 and gw.fits(c.block_n, c.block_k, gw.block_m_for(m), c.num_stages), c.label()
+        # past the heuristic's own pick (here without a GPU), no Triton tensor-core candidate above M = 16
+        assert all(c.kind != "mma" for c in cands[1:]) or m <= 16, (m, [c.label() for c in cands])
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)

@@ -395,11 +395,20 @@ def default_decode_config(m: int, n: int, k: int, sm_count: int = 132, swab: boo
     return DecodeConfig("mma", 64, 128, split, 4, 3, MMA_CONVERT or "prmt")
 
 
-def candidate_configs(m: int, n: int, k: int, sm_count: int = 132) -> list[DecodeConfig]:
-    """What the autotuner tries for one (M bucket, N, K): the heuristic's pick and its neighbours."""
-    cands = [default_decode_config(m, n, k, sm_count)]
-    from mxmix.runtime.kernels import gluon_decode
+def candidate_configs(m: int, n: int, k: int, sm_count: int = 132, wgmma: bool | None = None) -> list[DecodeConfig]:
+    """What the autotuner tries for one (M bucket, N, K): the heuristic's pick and its neighbours.
 
+    ``wgmma`` (default: whether the wgmma kernel runs here): include its variants (those that fit in shared
+    memory and divide K).
+    """
+    cands = [default_decode_config(m, n, k, sm_count)]
+    from mxmix.runtime.kernels import gluon_decode, gluon_wgmma
+
+    if gluon_wgmma.supports(m, k, 128) if wgmma is None else wgmma:
+        block_m = gluon_wgmma.block_m_for(m)
+        cands += [DecodeConfig("wgmma", bn, bk, sp, bn // 16, st, "fold")
+                  for bn, bk, st in ((64, 128, 2), (64, 128, 3), (64, 256, 2), (64, 256, 3), (128, 128, 2))
+                  for sp in (1, 2, 4, 8, 16) if k % bk == 0 and gluon_wgmma.fits(bn, bk, block_m, st)]
     if gluon_decode.supports(m, k, 128):
         cands += [DecodeConfig(kind, bn, bk, sp, 4, st, "fold")
                   for kind, bn, bk, st in (("swabcp", 64, 128, 3), ("swabcp", 64, 256, 3), ("swabcp", 64, 128, 4),
@@ -407,7 +416,7 @@ def candidate_configs(m: int, n: int, k: int, sm_count: int = 132) -> list[Decod
                   for sp in (1, 2, 4, 8, 16) if k % bk == 0]
     if m <= 2:
         cands += [DecodeConfig("fma", 16, bk, sp, 4, 3) for bk in (256, 512) for sp in (1, 2, 4, 8)]
-    if m >= 2:
+    if 2 <= m <= 16:  # the Triton tensor-core kernel holds all M rows in one tile
         cands += [DecodeConfig("mma", bn, 128, sp, w, 3) for bn, w in ((64, 4), (128, 8)) for sp in (1, 2, 4, 8)]
     seen: list[DecodeConfig] = []
     for c in cands:
