@@ -6,9 +6,30 @@ Outputs and split-K workspaces are poisoned with NaN by the tests, so that an un
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 REL_TOL = 1e-2  # bf16 output rounding gives ~2e-3; a wrong block or scale gives O(1)
+
+
+def require_gluon():
+    """The mma.sync Gluon kernel module, or skip (a Triton without Gluon)."""
+    from mxmix.runtime.kernels import gluon_decode
+
+    if not gluon_decode.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    return gluon_decode
+
+
+def require_wgmma():
+    """The wgmma kernel module, or skip (a Triton without Gluon, or a GPU that is not a Hopper)."""
+    from mxmix.runtime.kernels import gluon_wgmma
+
+    if not gluon_wgmma.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("wgmma needs a Hopper GPU")
+    return gluon_wgmma
 
 
 def random_weights(n: int, k: int, gen: torch.Generator, lo: int = 3, hi: int = 134):

@@ -12,24 +12,17 @@ from gluon_cases import (
     random_weights,
     reference,
     rel_err,
+    require_gluon,
 )
 
 pytestmark = pytest.mark.gpu
-
-
-def _gluon():
-    from mxmix.runtime.kernels import gluon_decode
-
-    if not gluon_decode.AVAILABLE:
-        pytest.skip("this Triton has no Gluon")
-    return gluon_decode
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (1, 96, 128), (2, 1000, 2048), (3, 512, 4096), (5, 300, 1024),
                                    (8, 4096, 1024), (9, 200, 1280), (13, 520, 2048), (16, 1024, 4096),
                                    (24, 700, 2048), (33, 1024, 1024), (64, 384, 4096)])
 def test_swab_matches_reference(m: int, n: int, k: int) -> None:
-    _gluon()
+    require_gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
     td.POISON_WORKSPACE = True
@@ -61,7 +54,7 @@ def test_swab_matches_reference(m: int, n: int, k: int) -> None:
 
 @pytest.mark.parametrize("m", [1, 8, 16])
 def test_swab_one_hot_rows_are_bit_exact(m: int) -> None:
-    _gluon()
+    require_gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
     assert_one_hot_rows_exact([td.DecodeConfig(kind, 64, block_k, split, 4, stages, "fold")
@@ -73,7 +66,7 @@ def test_swab_one_hot_rows_are_bit_exact(m: int) -> None:
 @pytest.mark.parametrize("byte", [0, 2, 135, 200])
 def test_scales_outside_the_fold_range_take_the_triton_kernel(byte: int) -> None:
     """One out-of-range scale byte anywhere: the call must still be exact (served by the Triton kernel)."""
-    gd = _gluon()
+    gd = require_gluon()
     from mxmix.mx import dequantize
     from mxmix.runtime.kernels import triton_decode as td
 
@@ -92,7 +85,7 @@ def test_scales_outside_the_fold_range_take_the_triton_kernel(byte: int) -> None
 
 
 def test_fp16_activations_take_the_triton_kernel_and_default_picks_gluon() -> None:
-    _gluon()
+    require_gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
     gen = torch.Generator().manual_seed(5)
@@ -107,7 +100,7 @@ def test_fp16_activations_take_the_triton_kernel_and_default_picks_gluon() -> No
 
 
 def test_swab_split_k_is_repeatable_and_graph_capturable() -> None:
-    _gluon()
+    require_gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
     assert_split_k_repeatable_and_capturable(td.DecodeConfig("swabcp", 64, 128, 8, 4, 3, "fold"), 6, seed=8)
@@ -116,7 +109,7 @@ def test_swab_split_k_is_repeatable_and_graph_capturable() -> None:
 def test_rows_above_16_take_the_gluon_kernels_only_when_they_run() -> None:
     """16 < M <= SWAB_MAX_M (WGMMA_MAX_M on Hopper) goes to the Gluon kernels for bf16 activations, to the
     fused Triton kernel otherwise; the result is exact either way."""
-    _gluon()
+    require_gluon()
     from mxmix.runtime.kernels import choose_path, kernel_path, mxfp8_matmul
     from mxmix.runtime.kernels import triton_decode as td
 
@@ -136,7 +129,7 @@ def test_rows_above_16_take_the_gluon_kernels_only_when_they_run() -> None:
 def test_a_failing_gluon_launch_falls_back_to_triton_once(monkeypatch) -> None:
     """If the Gluon kernel fails (another Triton's Gluon), the default path warns once and stays exact;
     an explicit Gluon configuration still raises."""
-    gd = _gluon()
+    gd = require_gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
     def broken(*args, **kwargs):
@@ -161,7 +154,7 @@ def test_a_failing_gluon_launch_falls_back_to_triton_once(monkeypatch) -> None:
 
 def test_misaligned_operands_take_the_triton_kernel() -> None:
     """Views whose rows or bases are not 16-byte aligned cannot use 16-byte copies: still exact, via Triton."""
-    _gluon()
+    require_gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
     gen = torch.Generator().manual_seed(31)

@@ -12,19 +12,10 @@ from gluon_cases import (
     random_weights,
     reference,
     rel_err,
+    require_wgmma,
 )
 
 pytestmark = pytest.mark.gpu
-
-
-def _wgmma():
-    from mxmix.runtime.kernels import gluon_wgmma
-
-    if not gluon_wgmma.AVAILABLE:
-        pytest.skip("this Triton has no Gluon")
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("wgmma needs a Hopper GPU")
-    return gluon_wgmma
 
 
 CONFIGS = [(64, 128, 1, 3), (64, 128, 4, 3), (64, 256, 2, 2), (64, 128, 3, 4), (64, 256, 1, 3), (64, 128, 8, 2),
@@ -39,7 +30,7 @@ def test_wgmma_matches_reference(m: int, n: int, k: int) -> None:
 
     td.POISON_WORKSPACE = True
     try:
-        wg = _wgmma()
+        wg = require_wgmma()
         for seed, (block_n, block_k, split, stages) in enumerate(CONFIGS):
             if k % block_k or k // split < block_k or not wg.fits(block_n, block_k, wg.block_m_for(m), stages):
                 continue
@@ -62,7 +53,7 @@ def test_wgmma_matches_reference(m: int, n: int, k: int) -> None:
 
 @pytest.mark.parametrize("m", [1, 16, 100, 256])
 def test_wgmma_one_hot_rows_are_bit_exact(m: int) -> None:
-    wg = _wgmma()
+    wg = require_wgmma()
     from mxmix.runtime.kernels import triton_decode as td
 
     assert_one_hot_rows_exact([td.DecodeConfig("wgmma", 64, block_k, split, 4, stages, "fold")
@@ -71,7 +62,7 @@ def test_wgmma_one_hot_rows_are_bit_exact(m: int) -> None:
 
 
 def test_wgmma_split_k_is_repeatable_and_graph_capturable() -> None:
-    _wgmma()
+    require_wgmma()
     from mxmix.runtime.kernels import triton_decode as td
 
     assert_split_k_repeatable_and_capturable(td.DecodeConfig("wgmma", 64, 128, 8, 4, 3, "fold"), 48, seed=41)
@@ -80,7 +71,7 @@ def test_wgmma_split_k_is_repeatable_and_graph_capturable() -> None:
 def test_wgmma_configuration_for_unsupported_operands_takes_the_triton_kernel() -> None:
     """Scale bytes outside the fold range, fp16 activations or a K that is not a multiple of the K step:
     an explicit wgmma configuration still gives the exact result (through the Triton kernels)."""
-    _wgmma()
+    require_wgmma()
     from mxmix.runtime.kernels import triton_decode as td
 
     gen = torch.Generator().manual_seed(43)

@@ -101,16 +101,17 @@ mov.b32 {$2, $3}, hi;
 }""")
 
     @gluon.jit
-    def _program_origin(x_ptr, w_ptr, N, K, k_per_split, BLOCK_N: gl.constexpr):
-        """This program's rows and K range: 64-bit bases of its weight words and x columns (the loops add
-        32-bit offsets), the last valid row relative to n0 (rows past N re-read row N - 1)."""
+    def _program_origin(x_ptr, w_ptr, N, K, k_per_split, BLOCK_N: gl.constexpr, W_SHIFT: gl.constexpr = 2):
+        """This program's rows and K range: 64-bit bases of its weight elements (2^W_SHIFT bytes each: words
+        here, byte pairs in `gluon_wgmma`) and x columns (the loops add 32-bit offsets), weight elements per
+        row, the last valid row relative to n0 (rows past N re-read row N - 1)."""
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
-        KW = K >> 2
+        KW = K >> W_SHIFT
         n0 = pid_n * BLOCK_N
         k_begin = pid_k * k_per_split
         k_len = gl.minimum(k_per_split, K - k_begin)
-        w_blk = w_ptr + n0.to(gl.int64) * KW + (k_begin >> 2)
+        w_blk = w_ptr + n0.to(gl.int64) * KW + (k_begin >> W_SHIFT)
         return pid_n, pid_k, n0, N - 1 - n0, k_len, KW, w_blk, x_ptr + k_begin
 
     @gluon.jit

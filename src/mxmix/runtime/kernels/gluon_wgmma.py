@@ -57,16 +57,9 @@ mov.b32 {$0, $1}, lo;
                       CP_W: gl.constexpr, CP_S: gl.constexpr, CP_X: gl.constexpr,
                       SH_W: gl.constexpr, SH_S: gl.constexpr, SH_X: gl.constexpr):
         KB: gl.constexpr = BLOCK_K // 32
-        pid_n = gl.program_id(0)
-        pid_k = gl.program_id(1)
-        n0 = pid_n * BLOCK_N
-        last_row = N - 1 - n0
-        k_begin = pid_k * k_per_split
-        k_len = gl.minimum(k_per_split, K - k_begin)
+        pid_n, pid_k, n0, last_row, k_len, KP, w_blk, x_blk = gd._program_origin(x_ptr, w_ptr, N, K, k_per_split,
+                                                                                  BLOCK_N, 1)
         steps = k_len // BLOCK_K
-        KP = K >> 1
-        w_blk = w_ptr + n0.to(gl.int64) * KP + (k_begin >> 1)
-        x_blk = x_ptr + k_begin
         s_blk = s_ptr + n0.to(gl.int64) * KS + gl.multiple_of(pid_k * kb_per_split, 4)
         w_offs, s_offs, x_offs = gd._ring_offsets(last_row, KP, KS, M, stride_xm, BLOCK_N, BLOCK_K // 2, KB, BLOCK_K,
                                                   BLOCK_M, CP_W, CP_S, CP_X)

@@ -243,7 +243,8 @@ class DecodeConfig:
 
     kind: str = "fma"        # "fma" | "mma" | "swab" / "swabcp" (`gluon_decode`: the weight as tensor-core
     #                          operand A; swab: num_stages 1 or 2, 2 = register prefetch of the next tile;
-    #                          swabcp: a cp.async shared-memory ring num_stages deep)
+    #                          swabcp: a cp.async shared-memory ring num_stages deep) | "wgmma" (`gluon_wgmma`,
+    #                          Hopper: a ring num_stages deep, num_warps = block_n // 16)
     block_n: int = 64
     block_k: int = 256
     split_k: int = 1
