@@ -11,7 +11,10 @@
 Timing (default ``--timer graph``): the calls over all weight copies (enough copies to exceed L2 several
 times, so every weight comes from HBM) are captured in one CUDA graph, replayed 10 times, and the median
 replay time is divided by the number of calls - the way a CUDA-graph decoder runs these kernels, without
-Python launch overhead (at 15-40 us per kernel, eager launches are host-bound on some hosts).
+Python launch overhead (at 15-40 us per kernel, eager launches are host-bound on some hosts). The table
+(and ``--prefill-breakdown``) replay the BF16 and MXFP8 graphs alternately (`bench_interleaved`), after
+2 s of warm-up GEMMs: under long GEMMs an H200 heats up and slows by up to 10-20 %, so timing one after
+the other favoured whichever came first (BENCHMARKS.md, round 5).
 ``--timer do_bench``: triton.testing.do_bench median with its L2 flush before every eager call.
 Speedup = BF16 time / MXFP8 time.
 Targets (issue 5): decode (M <= 16) >= 1.75x, prefill (M = 4096) >= 0.9x.
@@ -80,8 +83,8 @@ def bench(fn, warmup: int = 10, rep: int = 40) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")) * 1e3  # µs
 
 
-def bench_graph(rotor: Rotor, target_us: float = 1000.0, replays: int = 10) -> float:
-    """One pass = one call per weight copy; capture enough passes for ~1 ms, median replay / calls."""
+def _capture(rotor: Rotor, target_us: float = 1000.0):
+    """One pass = one call per weight copy; a CUDA graph of enough passes for ~1 ms, and its call count."""
     def one_pass() -> None:
         for args in rotor.sets:
             rotor.fn(*args)
@@ -102,16 +105,56 @@ def bench_graph(rotor: Rotor, target_us: float = 1000.0, replays: int = 10) -> f
         for _ in range(passes):
             one_pass()
     graph.replay()
-    times = []
+    return graph, passes * len(rotor.sets)
+
+
+def bench_graph(rotor: Rotor, target_us: float = 1000.0, replays: int = 10) -> float:
+    """Median µs per call over graph replays (`_capture`)."""
+    return bench_interleaved([rotor], target_us, replays)[0]
+
+
+def bench_interleaved(rotors: list[Rotor], target_us: float = 1000.0, replays: int = 10) -> list[float]:
+    """Median µs per call of each rotor, their graph replays alternating (A B A B ...): a GPU whose clock
+    drifts during the run (it heats up under long GEMMs and slows at its power limit) then weighs on
+    every rotor alike instead of on whichever is timed last."""
+    for rotor in rotors:
+        rotor.fn(*rotor.sets[0])  # compile outside the capture
+    torch.cuda.synchronize()
+    graphs = [_capture(r, target_us) for r in rotors]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times: list[list[float]] = [[] for _ in rotors]
     for _ in range(replays):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    del graph
-    times.sort()
-    return times[len(times) // 2] / (passes * len(rotor.sets))
+        for (graph, calls), ts in zip(graphs, times):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            ts.append(start.elapsed_time(end) * 1e3 / calls)
+    del graphs
+    return [sorted(ts)[len(ts) // 2] for ts in times]
+
+
+def warm_up_gpu(seconds: float = 2.0) -> None:
+    """Run BF16 GEMMs for a while first: an idle GPU starts at its lowest clocks, and the first rows timed
+    would otherwise pay for the ramp (H200, 2026-11-28: 4096x4096 M = 1 12.5 us first vs 9.3-10.0 us)."""
+    a, b = (torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    c = torch.empty_like(a)
+    end = time.time() + seconds
+    while time.time() < end:
+        for _ in range(20):
+            torch.matmul(a, b, out=c)
+        torch.cuda.synchronize()
+
+
+def bench_pair(rotors: list[Rotor]) -> list[float]:
+    """`bench_interleaved` under the graph timer; each rotor on its own otherwise (or if capture fails)."""
+    if TIMER == "graph":
+        try:
+            return bench_interleaved(rotors)
+        except Exception as exc:
+            print(f"  graph timing failed ({type(exc).__name__}: {str(exc)[:80]}); timing one by one", flush=True)
+            torch.cuda.synchronize()
+    return [bench(r) for r in rotors]
 
 
 def bench_decode_config(sets, xs, cfg, rep: int) -> float | None:
@@ -156,9 +199,13 @@ def run_table(shapes, ms, args) -> list[dict]:
     from mxmix.runtime.kernels import kernel_path, mxfp8_matmul
 
     rows = []
-    for n, k, m, sets, xs, bf16 in cases(shapes, ms):
-        mx = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                         lambda x, q, s: mxfp8_matmul(x, q, s)))
+    for n, k, m, sets, xs, bf16_alone in cases(shapes, ms):
+        # the table's pair is timed interleaved (`bench_interleaved`); the BF16 time of `cases`, taken alone
+        # before it, is kept to show the clock drift that interleaving cancels
+        bf16, mx = bench_pair([Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
+                                     lambda x, w: torch.matmul(x, w.t())),
+                               Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                                     lambda x, q, s: mxfp8_matmul(x, q, s))])
         _, q, s = sets[0]
         from mxmix.mx import dequantize
 
@@ -166,12 +213,14 @@ def run_table(shapes, ms, args) -> list[dict]:
         err = rel_err(mxfp8_matmul(xs[0], q, s), ref)
         bf_err = rel_err(torch.matmul(xs[0], dequantize(q, s, torch.bfloat16, backend="torch").t()), ref)
         row = {"n": n, "k": k, "m": m, "path": kernel_path(xs[0], q, s), "bf16_us": bf16, "mxfp8_us": mx,
+               "bf16_alone_first_us": bf16_alone,
                "speedup": bf16 / mx, "rel_err": err, "bf16_rel_err": bf_err,
                "mxfp8_tb_s": (n * k * 1.03125 + 2 * m * (n + k)) / (mx * 1e-6) / 1e12,
                "bf16_tb_s": (n * k * 2 + 2 * m * (n + k)) / (bf16 * 1e-6) / 1e12}
         rows.append(row)
         print(f"{n:>6}x{k:<6} M={m:<5} {row['path']:<7} bf16 {bf16:9.1f} us  mxfp8 {mx:9.1f} us  "
-              f"x{row['speedup']:.2f}  err {err:.1e} (bf16 matmul {bf_err:.1e})", flush=True)
+              f"x{row['speedup']:.2f}  err {err:.1e} (bf16 matmul {bf_err:.1e}; bf16 timed alone first "
+              f"{bf16_alone:.1f} us)", flush=True)
     return rows
 
 
@@ -236,8 +285,18 @@ WGMMA_SWEEP_WIDE = [("wgmma", 64, 128, 2, 4), ("wgmma", 128, 128, 2, 8), ("wgmma
                     ("wgmma", 128, 256, 2, 8)]
 
 
+# deep rings: a program's whole K range in flight at once (few K steps per program at M <= 16)
+WGMMA_SWEEP_DEEP = [("wgmma", 64, 256, 2, 4), ("wgmma", 64, 256, 4, 4), ("wgmma", 64, 256, 6, 4),
+                    ("wgmma", 64, 256, 8, 4), ("wgmma", 64, 128, 8, 4), ("wgmma", 64, 128, 12, 4),
+                    ("wgmma", 128, 256, 4, 8), ("wgmma", 128, 256, 6, 8), ("wgmma", 128, 128, 8, 8)]
+
+
 def wgmma_variants(m: int) -> list[tuple]:
-    return WGMMA_SWEEP_WIDE if m >= 128 else WGMMA_SWEEP
+    return WGMMA_SWEEP_WIDE if m >= 128 else WGMMA_SWEEP_DEEP if DEEP else WGMMA_SWEEP
+
+
+DEEP = False
+DATA_VARIANTS = False
 
 
 def sweep_swab(shapes, ms, args, variants=None) -> list[dict]:
@@ -331,7 +390,9 @@ def sweep_prefill(shapes, ms, args) -> list[dict]:
 
 def prefill_breakdown(shapes, ms, args) -> list[dict]:
     """Where the cuBLAS prefill path's time goes: the GEMM on the original BF16 weight, the same GEMM on the
-    pre-dequantized weight (MXFP8 values in BF16), the dequantization alone, and the whole path."""
+    pre-dequantized weight (MXFP8 values in BF16), the dequantization alone, and the whole path - all timed
+    interleaved (`bench_pair`), since under the clock drift of long GEMMs the order of timing alone moves
+    a GEMM by up to 20 %. ``--data-variants`` adds the GEMM on weights whose low mantissa bits are altered."""
     from mxmix.mx import dequantize
     from mxmix.runtime.kernels import triton_prefill as tp
 
@@ -339,23 +400,32 @@ def prefill_breakdown(shapes, ms, args) -> list[dict]:
     for n, k in shapes:
         sets = make_weights(n, k, copies_for(n, k))
         deq = [dequantize(q, s, torch.bfloat16) for _, q, s in sets]
+        variants = {}
+        if DATA_VARIANTS:  # which property of the dequantized values cuBLAS is sensitive to (diagnostic only)
+            variants["gemm_on_low_bits_zeroed"] = [(w.view(torch.int16) & ~0xF).view(torch.bfloat16)
+                                                   for w, _, _ in sets]
+            variants["gemm_on_dequantized_low_bits_random"] = [
+                (d.view(torch.int16) | torch.randint_like(d.view(torch.int16), 0, 16)).view(torch.bfloat16)
+                for d in deq]
+        buf = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
         for m in ms:
             xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-            line = {"n": n, "k": k, "m": m}
-            line["bf16_us"] = bench(Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
-                                          lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
-            line["gemm_on_dequantized_us"] = bench(Rotor([(xs[i % 2], w) for i, w in enumerate(deq)],
-                                                         lambda x, w: torch.matmul(x, w.t())), warmup=5, rep=20)
-            buf = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
-            line["dequant_us"] = bench(Rotor([(q, s) for _, q, s in sets],
-                                             lambda q, s, buf=buf: tp.dequantize_to(q, s, buf)), warmup=5, rep=20)
-            line["whole_us"] = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                                           lambda x, q, s: tp.mxfp8_prefill_cublas(x, q, s)), warmup=5, rep=20)
+
+            def gemm(ws, xs=xs):
+                return Rotor([(xs[i % 2], w) for i, w in enumerate(ws)], lambda x, w: torch.matmul(x, w.t()))
+
+            rotors = {"bf16": gemm([w for w, _, _ in sets]), "gemm_on_dequantized": gemm(deq),
+                      **{key: gemm(ws) for key, ws in variants.items()},
+                      "dequant": Rotor([(q, s) for _, q, s in sets], lambda q, s, buf=buf: tp.dequantize_to(q, s, buf)),
+                      "whole": Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                                     lambda x, q, s: tp.mxfp8_prefill_cublas(x, q, s))}
+            times = bench_pair(list(rotors.values()))
+            line = {"n": n, "k": k, "m": m, **{f"{key}_us": v for key, v in zip(rotors, times)}}
             rows.append(line)
             print(f"{n:>6}x{k:<6} M={m:<5} " + "  ".join(f"{key[:-3]} {v:.1f}" for key, v in line.items()
                                                         if key.endswith("_us"))
                   + f"  -> x{line['bf16_us'] / line['whole_us']:.2f}", flush=True)
-        del sets, deq
+        del sets, deq, variants
         torch.cuda.empty_cache()
     return rows
 
@@ -556,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-prefill", action="store_true")
     ap.add_argument("--sweep-swab", action="store_true", help="operand-A Gluon decode kernel: tiles x splits")
     ap.add_argument("--sweep-wgmma", action="store_true", help="the wgmma kernel (Hopper): tiles x splits")
+    ap.add_argument("--data-variants", action="store_true",
+                    help="with --prefill-breakdown: cuBLAS on weights with altered low mantissa bits (diagnostic)")
+    ap.add_argument("--deep", action="store_true", help="with --sweep-wgmma: deep-ring variants")
     ap.add_argument("--sweep-convert", action="store_true")
     ap.add_argument("--prefill-breakdown", action="store_true", help="prefill: GEMM on dequantized weight, dequant, whole")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
@@ -574,8 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
         return 2
-    global TIMER
+    global TIMER, DEEP, DATA_VARIANTS
     TIMER = args.timer
+    DEEP = args.deep
+    DATA_VARIANTS = args.data_variants
     from mxmix.runtime.kernels import triton_decode as td
 
     if args.fma_max_m is not None:
@@ -588,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
           f"fma convert {td.FMA_CONVERT}, mma convert {td.MMA_CONVERT or 'prmt'}",
           flush=True)
     t0 = time.time()
+    warm_up_gpu()
     if args.sweep_decode:
         rows = sweep_decode(shapes, ms, args)
     elif args.sweep_convert:

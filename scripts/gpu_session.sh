@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: correctness of new GPU code first, then the issue-5 benchmarks; logs under $OUT.
-#   bash scripts/gpu_session.sh [tests|swabtests|swabsweep|e2e|convert|table|alltests|prefill]...   (default: tests e2e convert)
+#   bash scripts/gpu_session.sh STEP...   (default: tests e2e convert; the steps are the case labels below, e.g.
+#   alltests table prefilldiag gemmdata ncu wgsweep wgdeep e2e)
 # Carries .whl/ (transformers pinned like CI) when present; runs from the repository root.
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
@@ -41,6 +42,17 @@ for step in $steps; do
                | tee "$OUT/wgtests.log" | tail -15 ;;
     wgsweep) python3 benchmarks/bench_kernels.py --sweep-wgmma --ms ${WG_MS:-8,16,32,64,128,256} \
                --json "$OUT/wgsweep.json" 2>&1 | tee "$OUT/wgsweep.log" | grep -v "^    " ;;
+    ncu) for shape in ${NCU_SHAPES:-4096,4096,1 8192,8192,1 8192,8192,16}; do
+           /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:${NCU_KERNEL:-wgmma} --launch-skip 2 \
+             --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+             --section LaunchStats --section WarpStateStats --section SchedulerStats \
+             python3 benchmarks/profile_one.py ${shape//,/ } 2>&1 | grep -v "^==PROF==" | tee -a "$OUT/ncu.log" \
+             | grep -E "Duration|DRAM Throughput|Memory Throughput|Grid Size|Registers|Achieved Occupancy|Theoretical Occ|Stall|Waves|Block Limit|Shared Memory Config|Issued Ipc|No Eligible|L1/TEX Hit|L2 Hit|Dynamic Shared"
+         done ;;
+    wgdeep) python3 benchmarks/bench_kernels.py --sweep-wgmma --deep --ms ${WG_MS:-1,8,16} \
+               --json "$OUT/wgdeep.json" 2>&1 | tee "$OUT/wgdeep.log" | grep -v "^    " ;;
+    gemmdata) python3 benchmarks/bench_kernels.py --prefill-breakdown --data-variants --ms 4096 \
+               --json "$OUT/gemmdata.json" 2>&1 | tee "$OUT/gemmdata.log" ;;
     prefill) python3 benchmarks/bench_kernels.py --ms 512,4096 --json "$OUT/prefill.json" 2>&1 | tee "$OUT/prefill.log" ;;
   esac
 done
