@@ -58,6 +58,29 @@ def rel_err(y, ref) -> float:
     return float((y.cpu().double() - ref).norm() / ref.norm())
 
 
+def assert_matches_reference(cfg, runs, m: int, n: int, k: int, seed: int, bias: bool) -> None:
+    """Fresh random inputs (`random_weights`) through `mxfp8_decode_matmul` with ``cfg``, into a NaN-poisoned
+    output with NaN-poisoned split-K workspaces, against the float64 reference. ``runs`` (`td.swab_runs` or
+    `td.wgmma_runs`) must accept the operands, so that the kernel under test answers, not a fallback."""
+    from mxmix.runtime.kernels import triton_decode as td
+
+    gen = torch.Generator().manual_seed(seed)
+    q, s = random_weights(n, k, gen)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    b = torch.randn(n, generator=gen).to(torch.bfloat16) if bias else None
+    assert runs(x.cuda(), q.cuda(), s.cuda(), cfg.block_k)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    td.POISON_WORKSPACE = True
+    try:
+        y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), None if b is None else b.cuda(), config=cfg, out=out)
+    finally:
+        td.POISON_WORKSPACE = False
+    assert y.data_ptr() == out.data_ptr()
+    err = rel_err(y, reference(x, q, s, b))
+    print(f"{cfg.label()} m={m} n={n} k={k}: rel err {err:.2e}")
+    assert err < REL_TOL, (cfg, err)
+
+
 def assert_one_hot_rows_exact(configs, m: int, seed: int) -> None:
     """x = one-hot rows: each output must be the bf16 dequantized weight, bit for bit, over every finite E4M3
     byte and the fold range's extreme scales (subnormal products at byte 3, 2^7 multipliers at byte 134)."""

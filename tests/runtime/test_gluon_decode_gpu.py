@@ -7,6 +7,7 @@ import pytest
 import torch
 from gluon_cases import (
     REL_TOL,
+    assert_matches_reference,
     assert_one_hot_rows_exact,
     assert_split_k_repeatable_and_capturable,
     random_weights,
@@ -25,31 +26,15 @@ def test_swab_matches_reference(m: int, n: int, k: int) -> None:
     require_gluon()
     from mxmix.runtime.kernels import triton_decode as td
 
-    td.POISON_WORKSPACE = True
-    try:
-        configs = [("swab", 64, 128, 1, 1, 4), ("swab", 64, 128, 4, 2, 4), ("swab", 128, 256, 3, 1, 4),
-                   ("swab", 128, 128, 1, 2, 4), ("swab", 64, 512, 2, 2, 4), ("swab", 64, 256, 1, 2, 4),
-                   ("swab", 128, 256, 2, 2, 8), ("swab", 256, 256, 1, 2, 8), ("swab", 64, 128, 8, 1, 4),
-                   ("swabcp", 64, 128, 1, 4, 4), ("swabcp", 64, 128, 3, 2, 4), ("swabcp", 128, 256, 2, 3, 4),
-                   ("swabcp", 128, 128, 4, 6, 4), ("swabcp", 128, 256, 1, 3, 8)]
-        for seed, (kind, block_n, block_k, split, stages, warps) in enumerate(configs):
-            if k % block_k:
-                continue
-            gen = torch.Generator().manual_seed(100 + seed)
-            q, s = random_weights(n, k, gen)
-            x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-            b = torch.randn(n, generator=gen).to(torch.bfloat16) if seed % 2 else None
-            cfg = td.DecodeConfig(kind, block_n, block_k, split, warps, stages, "fold")
-            assert td.swab_runs(x.cuda(), q.cuda(), s.cuda(), block_k)
-            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-            y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), None if b is None else b.cuda(),
-                                       config=cfg, out=out)
-            assert y.data_ptr() == out.data_ptr()
-            err = rel_err(y, reference(x, q, s, b))
-            print(f"swab {cfg.label()} m={m} n={n} k={k}: rel err {err:.2e}")
-            assert err < REL_TOL, (cfg, err)
-    finally:
-        td.POISON_WORKSPACE = False
+    configs = [("swab", 64, 128, 1, 1, 4), ("swab", 64, 128, 4, 2, 4), ("swab", 128, 256, 3, 1, 4),
+               ("swab", 128, 128, 1, 2, 4), ("swab", 64, 512, 2, 2, 4), ("swab", 64, 256, 1, 2, 4),
+               ("swab", 128, 256, 2, 2, 8), ("swab", 256, 256, 1, 2, 8), ("swab", 64, 128, 8, 1, 4),
+               ("swabcp", 64, 128, 1, 4, 4), ("swabcp", 64, 128, 3, 2, 4), ("swabcp", 128, 256, 2, 3, 4),
+               ("swabcp", 128, 128, 4, 6, 4), ("swabcp", 128, 256, 1, 3, 8)]
+    for seed, (kind, block_n, block_k, split, stages, warps) in enumerate(configs):
+        if k % block_k == 0:
+            assert_matches_reference(td.DecodeConfig(kind, block_n, block_k, split, warps, stages, "fold"), td.swab_runs,
+                                      m, n, k, 100 + seed, bias=seed % 2 == 1)
 
 
 @pytest.mark.parametrize("m", [1, 8, 16])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from gluon_cases import (
     REL_TOL,
+    assert_matches_reference,
     assert_one_hot_rows_exact,
     assert_split_k_repeatable_and_capturable,
     random_weights,
@@ -26,29 +27,14 @@ CONFIGS = [(64, 128, 1, 3), (64, 128, 4, 3), (64, 256, 2, 2), (64, 128, 3, 4), (
                                    (24, 700, 2048), (33, 1024, 1024), (64, 384, 4096), (100, 520, 2048),
                                    (128, 256, 1536), (200, 130, 1024), (256, 640, 2048)])
 def test_wgmma_matches_reference(m: int, n: int, k: int) -> None:
+    wg = require_wgmma()
     from mxmix.runtime.kernels import triton_decode as td
 
-    td.POISON_WORKSPACE = True
-    try:
-        wg = require_wgmma()
-        for seed, (block_n, block_k, split, stages) in enumerate(CONFIGS):
-            if k % block_k or k // split < block_k or not wg.fits(block_n, block_k, wg.block_m_for(m), stages):
-                continue
-            gen = torch.Generator().manual_seed(200 + seed)
-            q, s = random_weights(n, k, gen)
-            x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
-            b = torch.randn(n, generator=gen).to(torch.bfloat16) if seed % 2 else None
-            cfg = td.DecodeConfig("wgmma", block_n, block_k, split, block_n // 16, stages, "fold")
-            assert td.wgmma_runs(x.cuda(), q.cuda(), s.cuda(), block_k)
-            out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-            y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), None if b is None else b.cuda(),
-                                       config=cfg, out=out)
-            assert y.data_ptr() == out.data_ptr()
-            err = rel_err(y, reference(x, q, s, b))
-            print(f"wgmma {cfg.label()} m={m} n={n} k={k}: rel err {err:.2e}")
-            assert err < REL_TOL, (cfg, err)
-    finally:
-        td.POISON_WORKSPACE = False
+    for seed, (block_n, block_k, split, stages) in enumerate(CONFIGS):
+        if k % block_k or k // split < block_k or not wg.fits(block_n, block_k, wg.block_m_for(m), stages):
+            continue
+        assert_matches_reference(td.DecodeConfig("wgmma", block_n, block_k, split, block_n // 16, stages, "fold"),
+                                  td.wgmma_runs, m, n, k, 200 + seed, bias=seed % 2 == 1)
 
 
 @pytest.mark.parametrize("m", [1, 16, 100, 256])
