@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--hf-tokens", type=int, default=32, help="tokens for the HF generate comparison (0: skip)")
-    ap.add_argument("--variants", default="", help="comma list of swab=off / fma=CONVERT / mma=CONVERT to compare")
+    ap.add_argument("--variants", default="", help="comma list of swab=off / wgmma=off / tiles=off / fma=CONVERT / mma=CONVERT to compare")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one eager decode step")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -184,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     mx_unfused = measure(model, args.prompt_len, args.new_tokens, "mxfp8-unfused", 0)
     with torch.inference_mode():
         before = model(probe).logits.float()
+    from mxmix.runtime import tile_weights
     from mxmix.runtime.fusion import fuse_sibling_linears
 
+    n_tiled = tile_weights(model)  # as `mxmix.load` does: the tiled layout where the Hopper kernel reads it
+    print(f"tiled layout for {n_tiled} of {n} MXFP8 weights", flush=True)
     groups = fuse_sibling_linears(model)
     with torch.inference_mode():
         after = model(probe).logits.float()
@@ -206,9 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         mx["variants"] = {}
         for spec in [v for v in args.variants.split(",") if v] + ["default"]:
             saved = (td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB, td.WGMMA)
-            for part in ([] if spec == "default" else spec.split("+")):
-                kind, conv = part.split("=")
-                if kind == "swab":  # swab=off: the Triton decode kernels instead of the Gluon ones
+            parts = [] if spec == "default" else [p.split("=") for p in spec.split("+")]
+            # tiles=off, and any variant without the wgmma kernel (the only reader of the tiled layout): row-major
+            untiled = [m for m in model.modules() if getattr(m, "tiled", False)
+                       and any(kind in ("tiles", "swab", "wgmma") for kind, _ in parts)]
+            for m in untiled:
+                m.untile_weight()
+            for kind, conv in parts:
+                if kind == "tiles":
+                    pass
+                elif kind == "swab":  # swab=off: the Triton decode kernels instead of the Gluon ones
                     td.SWAB = conv not in ("off", "0")
                 elif kind == "wgmma":  # wgmma=off: the mma.sync Gluon kernel instead of the wgmma one
                     td.WGMMA = conv not in ("off", "0")
@@ -216,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
                     setattr(td, f"{kind.upper()}_CONVERT", conv)
             r = measure(model, args.prompt_len, args.new_tokens, f"mxfp8+pointwise {spec}", 0)
             td.FMA_CONVERT, td.MMA_CONVERT, td.SWAB, td.WGMMA = saved
+            for m in untiled:
+                m.tile_weight()
             mx["variants"][spec] = {"tok_s": r["graph"]["tok_s"], "speedup": r["graph"]["tok_s"] / bf16["graph"]["tok_s"],
                                     "tokens_equal_default": sum(a == b for a, b in zip(r["tokens"], mx["tokens"]))}
             print(f"SUMMARY variant {spec}: {r['graph']['tok_s']:.1f} tok/s -> x{mx['variants'][spec]['speedup']:.2f} "
                   f"vs bf16 (first tokens equal to default: {mx['variants'][spec]['tokens_equal_default']}/16)", flush=True)
     mx["fusion_logits_rel_diff"] = fuse_err
+    mx["tiled_weights"] = n_tiled
     summary = {"graph_speedup": mx["graph"]["tok_s"] / bf16["graph"]["tok_s"],
                "graph_speedup_like_for_like": mx["graph"]["tok_s"] / bf16_pw["graph"]["tok_s"],
                "graph_speedup_no_pointwise": mx_plain["graph"]["tok_s"] / bf16["graph"]["tok_s"],

@@ -157,14 +157,15 @@ def bench_pair(rotors: list[Rotor]) -> list[float]:
     return [bench(r) for r in rotors]
 
 
-def bench_decode_config(sets, xs, cfg, rep: int) -> float | None:
+def bench_decode_config(sets, xs, cfg, rep: int, tiled: bool = False) -> float | None:
     """µs per call of the decode kernel with launch configuration ``cfg`` over the weight copies, or None
     (after saying so) for a configuration that does not compile here (e.g. too many resources)."""
     from mxmix.runtime.kernels.triton_decode import mxfp8_decode_matmul
 
     try:
         return bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                           lambda x, q, s: mxfp8_decode_matmul(x, q, s, config=cfg)), warmup=5, rep=rep)
+                           lambda x, q, s: mxfp8_decode_matmul(x, q, s, config=cfg, tiled=tiled)),
+                     warmup=5, rep=rep)
     except Exception as exc:
         print(f"  {cfg.label()}: failed {type(exc).__name__}: {str(exc)[:100]}", flush=True)
         return None
@@ -196,23 +197,37 @@ def device_name() -> str:
 
 
 def run_table(shapes, ms, args) -> list[dict]:
-    from mxmix.runtime.kernels import kernel_path, mxfp8_matmul
+    """The issue's table on the weight layout the runtime uses (`tiled_layout_pays`: tiled on Hopper), with the
+    row-major layout timed in the same interleaved group where they differ."""
+    from mxmix.runtime import tiles
+    from mxmix.runtime.kernels import kernel_path, mxfp8_matmul, tiled_layout_pays
 
     rows = []
+    tiled_sets: dict[tuple[int, int], list] = {}
     for n, k, m, sets, xs, bf16_alone in cases(shapes, ms):
-        # the table's pair is timed interleaved (`bench_interleaved`); the BF16 time of `cases`, taken alone
+        tiled = tiled_layout_pays(sets[0][1], sets[0][2], torch.bfloat16)
+        if tiled and (n, k) not in tiled_sets:
+            tiled_sets.clear()
+            tiled_sets[(n, k)] = [tiles.tile(q, s) for _, q, s in sets]
+        # the table's group is timed interleaved (`bench_interleaved`); the BF16 time of `cases`, taken alone
         # before it, is kept to show the clock drift that interleaving cancels
-        bf16, mx = bench_pair([Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)],
-                                     lambda x, w: torch.matmul(x, w.t())),
-                               Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                                     lambda x, q, s: mxfp8_matmul(x, q, s))])
+        rotors = [Rotor([(xs[i % 2], w) for i, (w, _, _) in enumerate(sets)], lambda x, w: torch.matmul(x, w.t())),
+                  Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
+                        lambda x, q, s: mxfp8_matmul(x, q, s))]
+        if tiled:
+            rotors.append(Rotor([(xs[i % 2], q, s) for i, (q, s) in enumerate(tiled_sets[(n, k)])],
+                                lambda x, q, s: mxfp8_matmul(x, q, s, tiled=True)))
+        times = bench_pair(rotors)
+        bf16, row_major = times[0], times[1]
+        mx = times[-1]
         _, q, s = sets[0]
         from mxmix.mx import dequantize
 
         ref = xs[0].double() @ dequantize(q, s, torch.float32, backend="torch").double().t()
-        err = rel_err(mxfp8_matmul(xs[0], q, s), ref)
+        err = rel_err(mxfp8_matmul(xs[0], *(tiled_sets[(n, k)][0] if tiled else (q, s)), tiled=tiled), ref)
         bf_err = rel_err(torch.matmul(xs[0], dequantize(q, s, torch.bfloat16, backend="torch").t()), ref)
         row = {"n": n, "k": k, "m": m, "path": kernel_path(xs[0], q, s), "bf16_us": bf16, "mxfp8_us": mx,
+               "layout": "tiled" if tiled else "row-major", "row_major_us": row_major,
                "bf16_alone_first_us": bf16_alone,
                "speedup": bf16 / mx, "rel_err": err, "bf16_rel_err": bf_err,
                "mxfp8_tb_s": (n * k * 1.03125 + 2 * m * (n + k)) / (mx * 1e-6) / 1e12,
@@ -220,7 +235,8 @@ def run_table(shapes, ms, args) -> list[dict]:
         rows.append(row)
         print(f"{n:>6}x{k:<6} M={m:<5} {row['path']:<7} bf16 {bf16:9.1f} us  mxfp8 {mx:9.1f} us  "
               f"x{row['speedup']:.2f}  err {err:.1e} (bf16 matmul {bf_err:.1e}; bf16 timed alone first "
-              f"{bf16_alone:.1f} us)", flush=True)
+              f"{bf16_alone:.1f} us; {row['layout']}" + (f", row-major {row_major:.1f} us" if tiled else "") + ")",
+              flush=True)
     return rows
 
 
@@ -297,19 +313,27 @@ def wgmma_variants(m: int) -> list[tuple]:
 
 DEEP = False
 DATA_VARIANTS = False
+TILED = False
 
 
 def sweep_swab(shapes, ms, args, variants=None) -> list[dict]:
     """The Gluon kernels (`gluon_decode`, or ``variants``) over tiles and splits, against the Triton kernels'
     heuristic pick, the shipped dispatch (`mxfp8_matmul`) and cuBLAS BF16, in the same run."""
+    from mxmix.runtime import tiles
     from mxmix.runtime.kernels import kernel_path, mxfp8_matmul
     from mxmix.runtime.kernels.triton_decode import DecodeConfig, _sm_count, default_decode_config
 
     rows = []
+    tiled_for: dict[tuple[int, int], list] = {}
     for n, k, m, sets, xs, bf16 in cases(shapes, ms):
         sms = _sm_count(xs[0].device)
+        if TILED:  # --tiled: every variant (wgmma only) and the shipped path on the tiled layout
+            if (n, k) not in tiled_for:
+                tiled_for.clear()
+                tiled_for[(n, k)] = [(w, *tiles.tile(q, s)) for w, q, s in sets]
+            sets = tiled_for[(n, k)]
         shipped = bench(Rotor([(xs[i % 2], q, s) for i, (_, q, s) in enumerate(sets)],
-                              lambda x, q, s: mxfp8_matmul(x, q, s)), warmup=5, rep=15)
+                              lambda x, q, s: mxfp8_matmul(x, q, s, tiled=TILED)), warmup=5, rep=15)
         path = kernel_path(xs[0], sets[0][1], sets[0][2])
         rows.append({"n": n, "k": k, "m": m, "config": f"shipped ({path})", "kind": path, "us": shipped,
                      "bf16_us": bf16, "speedup": bf16 / shipped, "old_default": False, "default": False})
@@ -321,12 +345,14 @@ def sweep_swab(shapes, ms, args, variants=None) -> list[dict]:
         cfgs = [c for c, top in ((old, 16), (new, 128)) if m <= top] + [DecodeConfig(kind, bn, bk, sp, w, st, "fold")
                                                                           for kind, bn, bk, st, w in table
                                                                           for sp in splits if k // sp >= bk]
+        if TILED:
+            cfgs = [c for c in cfgs if c.kind == "wgmma"]
         seen, times = [], {}
         for cfg in cfgs:
             if cfg in seen:
                 continue
             seen.append(cfg)
-            t = bench_decode_config(sets, xs, cfg, rep=15)
+            t = bench_decode_config(sets, xs, cfg, rep=15, tiled=TILED)
             if t is not None:
                 times[cfg] = t
                 rows.append({"n": n, "k": k, "m": m, "config": cfg.label(), "kind": cfg.kind, "us": t,
@@ -629,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-variants", action="store_true",
                     help="with --prefill-breakdown: cuBLAS on weights with altered low mantissa bits (diagnostic)")
     ap.add_argument("--deep", action="store_true", help="with --sweep-wgmma: deep-ring variants")
+    ap.add_argument("--tiled", action="store_true", help="with --sweep-wgmma: on the tiled weight layout")
     ap.add_argument("--sweep-convert", action="store_true")
     ap.add_argument("--prefill-breakdown", action="store_true", help="prefill: GEMM on dequantized weight, dequant, whole")
     ap.add_argument("--llama", action="store_true", help="with --sweep-convert: Llama-8B layer shapes at M = 1")
@@ -647,9 +674,10 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
         return 2
-    global TIMER, DEEP, DATA_VARIANTS
+    global TIMER, DEEP, DATA_VARIANTS, TILED
     TIMER = args.timer
     DEEP = args.deep
+    TILED = args.tiled
     DATA_VARIANTS = args.data_variants
     from mxmix.runtime.kernels import triton_decode as td
 

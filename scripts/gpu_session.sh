@@ -25,7 +25,7 @@ for step in $steps; do
     alltests) python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/alltests.log" | tail -15 ;;
     runtimetests) python3 -m pytest -q -p no:cacheprovider -m gpu tests/runtime 2>&1 | tee "$OUT/runtimetests.log" \
                | tail -15 ;;
-    e2e) python3 benchmarks/bench_e2e.py --profile --variants "swab=off,wgmma=off" \
+    e2e) python3 benchmarks/bench_e2e.py --profile --variants "tiles=off,swab=off,wgmma=off" \
            --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" | grep -v Warning ;;
     convert) python3 benchmarks/bench_kernels.py --sweep-convert --llama --json "$OUT/convert.json" 2>&1 \
                | tee "$OUT/convert.log" | grep -v "^      " ;;
@@ -40,6 +40,9 @@ for step in $steps; do
                | tee "$OUT/prefilldiag.log" ;;
     wgtests) python3 -m pytest -q -x -p no:cacheprovider tests/runtime/test_gluon_wgmma_gpu.py 2>&1 \
                | tee "$OUT/wgtests.log" | tail -15 ;;
+    tiletests) python3 -m pytest -q -p no:cacheprovider tests/runtime/test_gluon_wgmma_gpu.py \
+               tests/runtime/test_kernels_gpu.py -k "tiled or wgmma or dequantize or linear" 2>&1 \
+               | tee "$OUT/tiletests.log" | tail -15 ;;
     wgsweep) python3 benchmarks/bench_kernels.py --sweep-wgmma --ms ${WG_MS:-8,16,32,64,128,256} \
                --json "$OUT/wgsweep.json" 2>&1 | tee "$OUT/wgsweep.log" | grep -v "^    " ;;
     ncu) for shape in ${NCU_SHAPES:-4096,4096,1 8192,8192,1 8192,8192,16}; do
@@ -49,6 +52,8 @@ for step in $steps; do
              python3 benchmarks/profile_one.py ${shape//,/ } 2>&1 | grep -v "^==PROF==" | tee -a "$OUT/ncu.log" \
              | grep -E "Duration|DRAM Throughput|Memory Throughput|Grid Size|Registers|Achieved Occupancy|Theoretical Occ|Stall|Waves|Block Limit|Shared Memory Config|Issued Ipc|No Eligible|L1/TEX Hit|L2 Hit|Dynamic Shared"
          done ;;
+    wgtiled) python3 benchmarks/bench_kernels.py --sweep-wgmma --tiled --ms ${WG_MS:-64,128} \
+               --json "$OUT/wgtiled.json" 2>&1 | tee "$OUT/wgtiled.log" | grep -v "^    " ;;
     wgdeep) python3 benchmarks/bench_kernels.py --sweep-wgmma --deep --ms ${WG_MS:-1,8,16} \
                --json "$OUT/wgdeep.json" 2>&1 | tee "$OUT/wgdeep.log" | grep -v "^    " ;;
     gemmdata) python3 benchmarks/bench_kernels.py --prefill-breakdown --data-variants --ms 4096 \

@@ -16,12 +16,17 @@ MS = [1, 2, 3, 5, 8, 9, 16, 17, 31, 32, 33, 64, 65, 100, 128, 129, 200, 256]
 
 @pytest.mark.parametrize("sms", [78, 114, 132])
 def test_wgmma_policy_picks_runnable_configurations(sms: int) -> None:
+    from mxmix.runtime import tiles
     from mxmix.runtime.kernels import gluon_wgmma as gw
     from mxmix.runtime.kernels.triton_decode import wgmma_config
 
-    for (n, k), m in itertools.product(SHAPES, MS):
-        cfg = wgmma_config(m, n, k, sms)
-        where = (m, n, k, sms, cfg.label())
+    for (n, k), m, tiled in itertools.product(SHAPES, MS, (False, True)):
+        if tiled and not tiles.can_tile(n, k):
+            continue
+        cfg = wgmma_config(m, n, k, sms, tiled=tiled)
+        where = (m, n, k, sms, tiled, cfg.label())
+        k_per_split = triton_cdiv(triton_cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+        assert not tiled or gw.supports_tiled(cfg.block_n, cfg.block_k, k_per_split), where
         assert cfg.kind == "wgmma" and cfg.convert == "fold", where
         assert k % cfg.block_k == 0 and cfg.block_k >= gw.MIN_BLOCK_K, where
         assert cfg.split_k in (1, 2, 4, 8, 16) and k // cfg.split_k >= cfg.block_k, where

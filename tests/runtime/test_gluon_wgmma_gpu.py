@@ -74,3 +74,59 @@ def test_wgmma_configuration_for_unsupported_operands_takes_the_triton_kernel() 
         y = td.mxfp8_decode_matmul(x.cuda(), q.cuda(), s.cuda(), config=td.DecodeConfig("wgmma", 64, 128, 1, 4, 3,
                                                                                          "fold"))
         assert rel_err(y.float(), reference(x.float(), q, s, None)) < REL_TOL
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 4096, 4096), (5, 192, 1280), (16, 1024, 4096), (100, 320, 2048),
+                                   (256, 640, 2048)])
+def test_tiled_layout_gives_the_row_major_results_bit_for_bit(m: int, n: int, k: int, monkeypatch) -> None:
+    """The kernel reading the tiled layout (`mxmix.runtime.tiles`) equals the row-major kernel bit for bit, into a
+    poisoned output with poisoned workspaces; the row-major fallback is disabled so the tiled kernel answers."""
+    wg = require_wgmma()
+    from mxmix.runtime import tiles
+    from mxmix.runtime.kernels import triton_decode as td
+
+    gen = torch.Generator().manual_seed(m + n + k)
+    q, s = random_weights(n, k, gen)
+    tq, ts = (t.cuda() for t in tiles.tile(q, s))
+    q, s = q.cuda(), s.cuda()
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16).cuda()
+    b = torch.randn(n, generator=gen).to(torch.bfloat16).cuda()
+    monkeypatch.setattr(tiles, "untile", lambda *a: pytest.fail("the tiled call fell back to row-major"))
+    ran = 0
+    for seed, (block_n, block_k, split, stages) in enumerate([*CONFIGS, (64, 256, 4, 2), (128, 256, 3, 2)]):
+        if k % block_k or k // split < block_k or not wg.fits(block_n, block_k, wg.block_m_for(m), stages):
+            continue
+        cfg = td.DecodeConfig("wgmma", block_n, block_k, split, block_n // 16, stages, "fold")
+        bias = b if seed % 2 else None
+        want = td.mxfp8_decode_matmul(x, q, s, bias, config=cfg)
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+        td.POISON_WORKSPACE = True
+        try:
+            got = td.mxfp8_decode_matmul(x, tq, ts, bias, config=cfg, out=out, tiled=True)
+        finally:
+            td.POISON_WORKSPACE = False
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), cfg.label()
+        ran += 1
+    assert ran >= 4
+    default = td.mxfp8_decode_matmul(x, tq, ts, b, tiled=True)  # the default configuration reads it too
+    assert rel_err(default, reference(x, q.cpu(), s.cpu(), b)) < REL_TOL
+
+
+def test_tiled_layout_everywhere_else_runs_on_a_row_major_copy() -> None:
+    """fp16 activations, scales outside the fold range and prefill M (dequantize + cuBLAS) with a tiled weight:
+    the same results as the row-major weight."""
+    require_wgmma()
+    from mxmix.runtime import tiles
+    from mxmix.runtime.kernels import mxfp8_matmul
+
+    gen = torch.Generator().manual_seed(5)
+    q, s = random_weights(256, 1024, gen)
+    s_wide = s.clone()
+    s_wide[0, 0] = 0  # outside the fold range: the Triton kernels serve it
+    for m, dtype, scale in ((4, torch.float16, s), (100, torch.float16, s), (4, torch.bfloat16, s_wide), (300, torch.bfloat16, s),
+                            (1000, torch.bfloat16, s)):
+        x = torch.randn(m, 1024, generator=gen).to(dtype).cuda()
+        want = mxfp8_matmul(x, q.cuda(), scale.cuda())
+        tq, ts = tiles.tile(q, scale)
+        got = mxfp8_matmul(x, tq.cuda(), ts.cuda(), tiled=True)
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (m, dtype)

@@ -266,3 +266,32 @@ def test_sibling_fusion_on_cuda_under_graph_capture() -> None:
         x.copy_(torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16))
         graph.replay()
         assert _rel_err(y, plain(x).double()) < 1e-2
+
+
+@pytest.mark.parametrize("n,k", [(64, 256), (1024, 2048)])
+def test_gpu_dequantize_of_the_tiled_layout_is_row_major_and_bit_exact(n: int, k: int) -> None:
+    from mxmix.mx import dequantize
+    from mxmix.runtime import tiles
+    from mxmix.runtime.kernels import dequantize_to
+
+    gen = torch.Generator().manual_seed(n * k)
+    q, s = _random_mxfp8(n, k, gen)
+    tq, ts = tiles.tile(q, s)
+    out = torch.full((n, k), float("nan"), device="cuda", dtype=torch.bfloat16)
+    got = dequantize_to(tq, ts, out, tiled=True)
+    want = dequantize(q.cpu(), s.cpu(), dtype=torch.bfloat16)
+    assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))
+
+
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_tiled_mxfp8_linear_on_cuda_equals_row_major(m: int) -> None:
+    from mxmix.runtime import MXFP8Linear
+
+    torch.manual_seed(m)
+    lin = torch.nn.Linear(2048, 1024, bias=True).to(torch.bfloat16)
+    plain = MXFP8Linear.from_linear(lin).cuda()
+    tiled = MXFP8Linear.from_linear(lin).cuda()
+    assert tiled.tile_weight()
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(tiled(x).view(torch.int16), plain(x).view(torch.int16))
+    assert torch.equal(tiled.dequantized_weight().view(torch.int16), plain.dequantized_weight().view(torch.int16))

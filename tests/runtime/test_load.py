@@ -145,3 +145,42 @@ def test_smollm2_mixed_matches_transformers_mxfp8_and_generates(smollm2_mixed) -
     text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert text.strip()
     assert "Paris" in text
+
+
+def test_tiled_load_gives_the_same_logits_and_state_dict(make_synthetic, tmp_path) -> None:
+    # every projection tiles (N a multiple of 64, K of 256): the tiled layout the Hopper kernel reads
+    path = _mixed(make_synthetic, tmp_path, hidden=256, intermediate=512)
+    tiled = mxmix.load(path, tile=True)
+    plain = mxmix.load(path, tile=False)
+    assert tiled.mxmix_load_report.tiled_modules == 14 and plain.mxmix_load_report.tiled_modules == 0
+    assert tiled.mxmix_load_report.fused_groups == plain.mxmix_load_report.fused_groups == 4
+    assert all(m.tiled for m in tiled.modules() if isinstance(m, MXFP8Linear))
+    assert mxmix.load(path).mxmix_load_report.tiled_modules == 0  # the default tiles only where it pays (CUDA)
+    ids = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(tiled(ids).logits, plain(ids).logits)
+    sd_t, sd_p = tiled.state_dict(), plain.state_dict()
+    assert set(sd_t) == set(sd_p)
+    for key, t in sd_p.items():
+        assert torch.equal(sd_t[key].view(torch.uint8) if t.dtype == torch.float8_e4m3fn else sd_t[key],
+                           t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t), key
+
+
+@pytest.mark.gpu
+def test_cuda_load_tiles_where_the_hopper_kernel_reads_it_and_decodes_the_same(make_synthetic, tmp_path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from mxmix.runtime.generate import greedy_generate
+    from mxmix.runtime.kernels import gluon_wgmma
+
+    path = _mixed(make_synthetic, tmp_path, hidden=256, intermediate=512)
+    auto = mxmix.load(path, device="cuda")
+    plain = mxmix.load(path, device="cuda", tile=False)
+    hopper = gluon_wgmma.AVAILABLE and torch.cuda.get_device_capability()[0] == 9
+    assert auto.mxmix_load_report.tiled_modules == (14 if hopper else 0)
+    ids = torch.randint(3, 256, (1, 9), generator=torch.Generator().manual_seed(2)).cuda()
+    with torch.no_grad():
+        a, p = auto(ids).logits.float(), plain(ids).logits.float()  # prefill M = 9: the decode kernels
+    assert torch.equal(a, p)
+    ga, gp = greedy_generate(auto, ids, 6, stop_at_eos=False), greedy_generate(plain, ids, 6, stop_at_eos=False)
+    assert ga.tokens == gp.tokens and len(ga.tokens) == 6

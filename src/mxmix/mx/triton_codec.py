@@ -79,7 +79,7 @@ def e8m0_to_f32(sb, NAN_BYTE: tl.constexpr):
 @triton.jit
 def _dequantize_kernel(q_ptr, s_ptr, out_ptr, n_blocks, blocks_per_row, k,
                        BLOCK: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
-                       WIDE_INDEX: tl.constexpr):
+                       WIDE_INDEX: tl.constexpr, TILE_N: tl.constexpr = 0, TILE_K: tl.constexpr = 0):
     pid = tl.program_id(0)
     blk = pid * GROUP + tl.arange(0, GROUP)
     if WIDE_INDEX:
@@ -97,6 +97,13 @@ def _dequantize_kernel(q_ptr, s_ptr, out_ptr, n_blocks, blocks_per_row, k,
     q = tl.load(q_ptr + offs, mask=mask, other=0).to(tl.float8e4nv, bitcast=True).to(tl.float32)
     factor = e8m0_to_f32(tl.load(s_ptr + blk, mask=blk_ok, other=127), True)
     y = q * factor[:, None]
+    if TILE_N:  # input in [N/TILE_N, K/TILE_K, TILE_N, TILE_K] tiles, output row-major (blocks never straddle)
+        first = blk * BLOCK
+        tile_id = first // (TILE_N * TILE_K)
+        within = first % (TILE_N * TILE_K)
+        tiles_k = k // TILE_K
+        row = (tile_id // tiles_k) * TILE_N + within // TILE_K
+        offs = (row * k + (tile_id % tiles_k) * TILE_K + within % TILE_K)[:, None] + j[None, :]
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -134,13 +141,17 @@ def quantize(x: torch.Tensor, block_size: int = 32, scale_mode: str = "rceil", *
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
                block_size: int = 32, *, tile_elements: int = DEFAULT_TILE_ELEMENTS,
-               num_warps: int = DEFAULT_NUM_WARPS, out: torch.Tensor | None = None) -> torch.Tensor:
+               num_warps: int = DEFAULT_NUM_WARPS, out: torch.Tensor | None = None,
+               tiles: tuple[int, int] | None = None) -> torch.Tensor:
     """Decode MXFP8 on CUDA: e4m3(q) * 2^(b - 127) in fp32 (exact), one rounding to ``dtype``.
 
     ``out`` (contiguous, q's shape, dtype ``dtype``) receives the result instead of a new tensor: the
-    runtime's prefill path decodes into a reused workspace.
+    runtime's prefill path decodes into a reused workspace. ``tiles`` (tile_n, tile_k): q [N, K] and its
+    scales hold [N/tile_n, K/tile_k, tile_n, tile_k] tiles (`mxmix.runtime.tiles`); the output is row-major.
     """
     k = q.shape[-1]
+    if tiles is not None and (q.ndim != 2 or q.shape[0] % tiles[0] or k % tiles[1] or tiles[1] % block_size):
+        raise ValueError(f"dequantize: shape {tuple(q.shape)} is not a whole number of {tiles} tiles")
     q2 = q.reshape(-1, k).contiguous().view(torch.uint8)
     s2 = scale.reshape(q2.shape[0], -1).contiguous()
     rows = q2.shape[0]
@@ -156,5 +167,5 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
         _dequantize_kernel[(triton.cdiv(n_blocks, group),)](
             q2, s2, out, n_blocks, blocks_per_row, k,
             BLOCK=block_size, GROUP=group, EVEN_K=k % block_size == 0, WIDE_INDEX=wide,
-            num_warps=num_warps)
+            TILE_N=tiles[0] if tiles else 0, TILE_K=tiles[1] if tiles else 0, num_warps=num_warps)
     return out.view(q.shape)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mxmix.runtime.mxfp8_linear import MXFP8Linear, reference_forward, set_cpu_weight_cache
+from mxmix.runtime.mxfp8_linear import MXFP8Linear, reference_forward, set_cpu_weight_cache, tile_weights
 
-__all__ = ["MXFP8Linear", "load", "reference_forward", "set_cpu_weight_cache"]
+__all__ = ["MXFP8Linear", "load", "reference_forward", "set_cpu_weight_cache", "tile_weights"]
 
 
 def load(checkpoint: Any, *args: Any, **kwargs: Any) -> Any:

@@ -40,6 +40,7 @@ class SiblingGroup:
                                                          device=m.weight.device) for b, m in zip(biases, members)]
             self.bias = torch.cat(zero)
         self.sizes = [m.out_features for m in members]
+        self.members = members
         self.dtype = members[0].compute_dtype
         self._key: tuple | None = None
         self._outputs: tuple[torch.Tensor, ...] | None = None
@@ -74,7 +75,8 @@ class SiblingGroup:
 def fuse_sibling_linears(model: nn.Module, groups=SIBLING_GROUPS) -> int:
     """Group sibling MXFP8Linear modules (same parent, same in_features, names in ``groups``).
 
-    Only groups whose members are all MXFP8Linear on one device with one compute dtype are fused;
+    Only groups whose members are all MXFP8Linear on one device with one compute dtype and one weight
+    layout are fused (tiled weights concatenate along N as tiles: every member has whole 64-row tiles);
     a mixed group (some BF16) is left alone. Returns the number of groups formed.
     """
     formed = 0
@@ -85,7 +87,7 @@ def fuse_sibling_linears(model: nn.Module, groups=SIBLING_GROUPS) -> int:
                 continue
             if getattr(members[0], "_sibling", None) is not None:
                 continue
-            if len({(m.in_features, m.weight.device, m.compute_dtype) for m in members}) != 1:
+            if len({(m.in_features, m.weight.device, m.compute_dtype, m.tiled) for m in members}) != 1:
                 continue
             SiblingGroup(members)  # type: ignore[arg-type]
             formed += 1

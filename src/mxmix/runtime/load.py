@@ -38,13 +38,15 @@ class LoadReport:
     tied_embeddings: bool = False
     weight_bytes: int = 0
     fused_groups: int = 0
+    tiled_modules: int = 0  # MXFP8 weights kept in the tiled layout (`mxmix.runtime.tiles`)
     pointwise: dict[str, Any] = field(default_factory=dict)  # `install_pointwise`'s report (CUDA only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "dialect": self.dialect, "architecture": self.architecture,
                 "mxfp8_modules": len(self.mxfp8_modules), "bf16_linear_modules": len(self.bf16_modules),
                 "tied_embeddings": self.tied_embeddings, "weight_bytes": self.weight_bytes,
-                "fused_groups": self.fused_groups, "pointwise_norms": self.pointwise.get("norms", 0),
+                "fused_groups": self.fused_groups, "tiled_modules": self.tiled_modules,
+                "pointwise_norms": self.pointwise.get("norms", 0),
                 "pointwise_rotary": bool(self.pointwise.get("rotary_modules"))}
 
 
@@ -188,17 +190,20 @@ def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> bool:
 
 def load(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu",
          dtype: torch.dtype = torch.bfloat16, *, fuse_siblings: bool = True, pointwise: bool = True,
-         progress: bool = False):
+         tile: bool | None = None, progress: bool = False):
     """Load ``checkpoint`` (a directory) as a transformers model on ``device``.
 
     MXFP8 Linear modules become `MXFP8Linear` (weights stay E4M3 + E8M0), kept modules and all other
     tensors load in ``dtype``. With ``fuse_siblings``, MXFP8 q/k/v and gate/up projections share one
     kernel launch (`mxmix.runtime.fusion`). With ``pointwise`` (CUDA only), RMSNorms and the rotary
     embedding run as one kernel each where they provably compute the same (`mxmix.runtime.pointwise`).
+    ``tile``: MXFP8 weights in the tiled layout that the Hopper decode kernel streams faster
+    (`mxmix.runtime.tiles`) - None (default) where it pays (`mxmix.runtime.kernels.tiled_layout_pays`), True
+    wherever the shape tiles, False never.
     Raises `MxmixError` for unsupported or inconsistent
     checkpoints.
     """
-    from mxmix.runtime.mxfp8_linear import MXFP8Linear, check_quantized
+    from mxmix.runtime.mxfp8_linear import MXFP8Linear, check_quantized, tile_weights
 
     dev = _resolve_device(device)
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -259,6 +264,8 @@ def load(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu",
                          f"transformers builds it: {_listed(unplaced)}")
 
     _tie_or_fail(model, config, ckpt, report)
+    if tile is not False:
+        report.tiled_modules = tile_weights(model, where_it_pays=tile is None)
     if fuse_siblings:
         from mxmix.runtime.fusion import fuse_sibling_linears
 

@@ -13,19 +13,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from mxmix.errors import MxmixError
+from mxmix.runtime import tiles
 
 BLOCK = 32
 E8M0_NAN = 255
 E4M3_NAN = 0x7F  # magnitude bits of the E4M3 NaN bytes 0x7F / 0xFF
 
 
-def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Exact decode of an MXFP8 weight: the codec's torch path, or the runtime's Triton kernel on CUDA."""
+def dequantize_weight(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+                      tiled: bool = False) -> torch.Tensor:
+    """Exact decode of an MXFP8 weight (row-major result from either layout, ``tiled``: `mxmix.runtime.tiles`):
+    the codec's torch path, or the runtime's Triton kernel on CUDA."""
     if weight.is_cuda and dtype in (torch.bfloat16, torch.float16) and _kernels_available():
         from mxmix.runtime.kernels import dequantize_cuda
 
-        return dequantize_cuda(weight.contiguous(), scale.contiguous(), dtype)
+        return dequantize_cuda(weight.contiguous(), scale.contiguous(), dtype, tiled)
     from mxmix.mx import dequantize
+
+    if tiled:
+        weight, scale = tiles.untile(weight, scale)
 
     # the codec's CPU path fills scratch tensors from worker threads, which inference mode forbids
     with torch.inference_mode(False):
@@ -37,7 +43,13 @@ class MXFP8Linear(nn.Module):
 
     Buffers: ``weight`` float8_e4m3fn [out, in], ``weight_scale`` uint8 [out, in/32] (E8M0 bytes),
     optional ``bias``. ``in_features`` must be a multiple of 32 (every MXFP8 consumer requires it).
+
+    ``tiled`` (`tile_weight`): the two buffers hold their bytes in the tiled layout of `mxmix.runtime.tiles`
+    (same shapes and dtypes), which the Hopper decode kernel streams faster. State dicts and
+    `dequantized_weight` are row-major in either layout; the CPU path untiles per call (use the CPU cache).
     """
+
+    tiled = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -95,7 +107,56 @@ class MXFP8Linear(nn.Module):
                 sibling[0]._dequantized = None
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return dequantize_weight(self.weight, self.weight_scale, dtype or self.compute_dtype)
+        return dequantize_weight(self.weight, self.weight_scale, dtype or self.compute_dtype, self.tiled)
+
+    def tile_weight(self) -> bool:
+        """Store the weight and scales in the tiled layout (`mxmix.runtime.tiles`); False where the shape
+        does not tile. Fused siblings (`mxmix.runtime.fusion`) change layout together, in their shared buffers."""
+        return self._relayout(True)
+
+    def untile_weight(self) -> None:
+        """Back to row-major buffers (with fused siblings, all of them)."""
+        self._relayout(False)
+
+    def _relayout(self, tiled: bool) -> bool:
+        sibling = getattr(self, "_sibling", None)
+        mods = sibling[0].members if sibling is not None else [self]
+        if all(m.tiled == tiled for m in mods):
+            return True
+        if tiled and not all(tiles.can_tile(m.out_features, m.in_features) for m in mods):
+            return False
+        convert = tiles.tile if tiled else tiles.untile
+        for m in mods:
+            w, s = convert(m.weight, m.weight_scale)
+            if sibling is None:  # new buffers: the tensors may be the caller's (`from_quantized` does not copy)
+                m.weight, m.weight_scale = w, s
+            else:  # in place: the members' buffers are views of the group's
+                with torch.inference_mode(m.weight.is_inference()):
+                    m.weight.copy_(w)
+                    m.weight_scale.copy_(s)
+            m.tiled = tiled
+            m._dequantized = None
+        if sibling is not None:
+            sibling[0]._dequantized = None
+        return True
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.tiled:  # a state dict is row-major, whatever the runtime layout
+            destination[prefix + "weight"], destination[prefix + "weight_scale"] = tiles.untile(
+                self.weight, self.weight_scale)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        errors = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        loaded = prefix + "weight" in state_dict and prefix + "weight_scale" in state_dict
+        if self.tiled and loaded and len(error_msgs) == errors:
+            # the loaded row-major bytes are re-tiled in place (views shared with fused siblings stay valid)
+            w, s = tiles.tile(self.weight, self.weight_scale)
+            self.weight.copy_(w)
+            self.weight_scale.copy_(s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -116,20 +177,40 @@ class MXFP8Linear(nn.Module):
             x2 = x.reshape(-1, x.shape[-1])
             if x2.shape[0] == 0:
                 return x.new_empty(*lead, weight.shape[0])
-            y = mxfp8_matmul(x2, weight, scale, bias)
+            y = mxfp8_matmul(x2, weight, scale, bias, tiled=self.tiled)
             return y.reshape(*lead, weight.shape[0])
         if getattr(self, "cache_dequantized", False) and not x.is_cuda:
             dtype = x.dtype if x.dtype.is_floating_point else torch.bfloat16
             cached = getattr(cache_owner, "_dequantized", None)
             if cached is None or cached.dtype != dtype or cached.device != x.device:
-                cached = dequantize_weight(weight, scale, dtype)
+                cached = dequantize_weight(weight, scale, dtype, self.tiled)
                 cache_owner._dequantized = cached  # type: ignore[attr-defined]
             return F.linear(x.to(dtype), cached, None if bias is None else bias.to(dtype))
+        if self.tiled:
+            weight, scale = tiles.untile(weight, scale)
         return reference_forward(x, weight, scale, bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, format=mxfp8")
+                f"bias={self.bias is not None}, format=mxfp8{', tiled' if self.tiled else ''}")
+
+
+def tile_weights(model: nn.Module, where_it_pays: bool = True) -> int:
+    """Put MXFP8Linear weights in the tiled layout (`MXFP8Linear.tile_weight`): those the Hopper decode kernel
+    serves (`mxmix.runtime.kernels.tiled_layout_pays`), or every one whose shape tiles; returns how many are."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, MXFP8Linear) and (not where_it_pays or _tiling_pays(m)):
+            count += int(m.tile_weight())
+    return count
+
+
+def _tiling_pays(m: MXFP8Linear) -> bool:
+    if not (m.weight.is_cuda and _kernels_available()):
+        return False
+    from mxmix.runtime.kernels import tiled_layout_pays
+
+    return tiled_layout_pays(m.weight, m.weight_scale, m.compute_dtype)
 
 
 def set_cpu_weight_cache(model: nn.Module, enabled: bool = True) -> int:

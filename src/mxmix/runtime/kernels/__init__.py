@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from mxmix.runtime import tiles
 from mxmix.runtime.kernels.triton_decode import DecodeConfig, default_decode_config, mxfp8_decode_matmul
 from mxmix.runtime.kernels.triton_prefill import (
     PrefillConfig,
@@ -31,6 +32,7 @@ __all__ = [
     "mxfp8_matmul",
     "mxfp8_prefill_cublas",
     "mxfp8_prefill_fused",
+    "tiled_layout_pays",
 ]
 
 # Dispatch thresholds on M (rows of the flattened activation), from benchmarks/bench_kernels.py on H100/H200.
@@ -72,11 +74,25 @@ def kernel_path(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> s
 
 
 def mxfp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x @ dequant(weight, scale)^T (+ bias) for x [M, K] on CUDA; output dtype = x.dtype."""
+                 bias: torch.Tensor | None = None, tiled: bool = False) -> torch.Tensor:
+    """y = x @ dequant(weight, scale)^T (+ bias) for x [M, K] on CUDA; output dtype = x.dtype.
+
+    ``tiled``: weight and scale are in the tiled layout (`mxmix.runtime.tiles`, see `tiled_layout_pays`)."""
     path = kernel_path(x, weight, scale)
     if path == "decode":
-        return mxfp8_decode_matmul(x, weight, scale, bias)
+        return mxfp8_decode_matmul(x, weight, scale, bias, tiled=tiled)
     if path == "fused":
+        if tiled:  # the fused Triton kernel reads row-major weights (it serves GPUs without wgmma)
+            weight, scale = tiles.untile(weight, scale)
         return mxfp8_prefill_fused(x, weight, scale, bias)
-    return mxfp8_prefill_cublas(x, weight, scale, bias)
+    return mxfp8_prefill_cublas(x, weight, scale, bias, tiled=tiled)
+
+
+def tiled_layout_pays(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether to keep this MXFP8 weight in the tiled layout: the ``wgmma`` kernel serves its decode calls
+    here (Hopper, Gluon kernels on, ``dtype`` bf16, scales in the fold range) and the shape tiles."""
+    from mxmix.runtime.kernels import gluon_decode, gluon_wgmma, triton_decode
+
+    return (weight.is_cuda and dtype == torch.bfloat16 and triton_decode.SWAB and triton_decode.WGMMA
+            and gluon_wgmma.supports(1, weight.shape[1], 128, weight.device)
+            and tiles.can_tile(*weight.shape) and gluon_decode.fold_exact(scale))

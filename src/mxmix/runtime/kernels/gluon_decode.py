@@ -38,6 +38,8 @@ import warnings
 
 import torch
 
+from mxmix.runtime import tiles
+
 try:  # Gluon ships with Triton >= 3.5; without it the Triton kernels serve every M
     import triton
     from triton.experimental import gluon
@@ -59,6 +61,8 @@ def disable(reason: BaseException) -> None:
                       RuntimeWarning, stacklevel=3)
     AVAILABLE = False
 
+
+_TILE_N = gl.constexpr(tiles.TILE_N) if AVAILABLE else tiles.TILE_N  # rows per tile of the tiled layout
 
 # scale bytes for which folding the block scale into the bf16 decode is exact (module docstring)
 FOLD_MIN_SCALE = 3
@@ -232,9 +236,22 @@ mov.b32 {$2, $3}, hi;
         return w_offs, s_offs, x_offs
 
     @gluon.jit
-    def _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, W_COLS: gl.constexpr, BLOCK_K: gl.constexpr):
-        """Pointers of K tile ``t``: weight elements (W_COLS per tile and row), scale bytes, x columns."""
-        return (w_blk + t * W_COLS + w_offs, s_blk + t * (BLOCK_K // 32) + s_offs, x_blk + t * BLOCK_K + x_offs)
+    def _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, W_COLS: gl.constexpr, BLOCK_K: gl.constexpr,
+                   SUB: gl.constexpr = 0, kt0=0):
+        """Pointers of K step ``t``: weight elements (W_COLS per step and row), scale bytes, x columns.
+
+        ``SUB`` = 0: row-major weight and scales, ``w_blk``/``s_blk`` at the program's K range. ``SUB`` >= 1:
+        the tiled layout (`mxmix.runtime.tiles`) with SUB steps per tile, the bases at the row block's first
+        tile and ``kt0`` the program's first step counted from K = 0."""
+        KB: gl.constexpr = BLOCK_K // 32
+        if SUB:
+            kt = kt0 + t
+            w_step = (kt // SUB) * (_TILE_N * W_COLS * SUB) + (kt % SUB) * W_COLS
+            s_step = (kt // SUB) * (_TILE_N * KB * SUB) + (kt % SUB) * KB
+        else:
+            w_step = t * W_COLS
+            s_step = t * KB
+        return w_blk + w_step + w_offs, s_blk + s_step + s_offs, x_blk + t * BLOCK_K + x_offs
 
     @gluon.jit
     def _load_tile(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, BLOCK_K: gl.constexpr):
@@ -243,11 +260,12 @@ mov.b32 {$2, $3}, hi;
 
     @gluon.jit
     def _issue_tile(dw, ds, dx, w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, steps, W_COLS: gl.constexpr,
-                    BLOCK_K: gl.constexpr):
-        """cp.async of K tile ``t`` (weight elements, scale bytes, x rows); nothing for t >= steps, nor for
-        the x rows past M (negative offsets)."""
+                    BLOCK_K: gl.constexpr, SUB: gl.constexpr = 0, kt0=0):
+        """cp.async of K step ``t`` (weight elements, scale bytes, x rows; ``SUB``, ``kt0``: `_tile_ptrs`);
+        nothing for t >= steps, nor for the x rows past M (negative offsets)."""
         ok = t < steps
-        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, W_COLS, BLOCK_K)
+        w_ptrs, s_ptrs, x_ptrs = _tile_ptrs(w_blk, s_blk, x_blk, w_offs, s_offs, x_offs, t, W_COLS, BLOCK_K,
+                                            SUB, kt0)
         async_copy.async_copy_global_to_shared(dw, w_ptrs, mask=(w_offs >= 0) & ok)
         async_copy.async_copy_global_to_shared(ds, s_ptrs, mask=(s_offs >= 0) & ok)
         async_copy.async_copy_global_to_shared(dx, x_ptrs, mask=(x_offs >= 0) & ok)

@@ -12,7 +12,8 @@ must hold K in its natural order (``k_width=2``: pairs of adjacent K for rows g 
 thread reads its weight bytes two at a time and decodes four bytes (two rows) per step with the byte
 permute of `triton_decode.e4m3_prmt_ptx`; the packed multiply by 2^(s-7) applies each row's block
 scale (exact for scale bytes 3..134, like `gluon_decode`). Split-K and the deterministic in-launch
-reduction are `gluon_decode`'s.
+reduction are `gluon_decode`'s. The weight and scales may also be in the tiled layout of
+`mxmix.runtime.tiles` (``SUB`` > 0: K steps per tile), where a K step's copies read contiguous runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from mxmix.runtime import tiles
 
 try:
     import triton
@@ -55,7 +58,7 @@ mov.b32 {$0, $1}, lo;
                       BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_M: gl.constexpr,
                       MMA: gl.constexpr, A_L: gl.constexpr, W_P: gl.constexpr, L3: gl.constexpr,
                       CP_W: gl.constexpr, CP_S: gl.constexpr, CP_X: gl.constexpr,
-                      SH_W: gl.constexpr, SH_S: gl.constexpr, SH_X: gl.constexpr):
+                      SH_W: gl.constexpr, SH_S: gl.constexpr, SH_X: gl.constexpr, SUB: gl.constexpr):
         KB: gl.constexpr = BLOCK_K // 32
         pid_n, pid_k, n0, last_row, k_len, KP, w_blk, x_blk = gd._program_origin(x_ptr, w_ptr, N, K, k_per_split,
                                                                                   BLOCK_N, 1)
@@ -63,12 +66,17 @@ mov.b32 {$0, $1}, lo;
         s_blk = s_ptr + n0.to(gl.int64) * KS + gl.multiple_of(pid_k * kb_per_split, 4)
         w_offs, s_offs, x_offs = gd._ring_offsets(last_row, KP, KS, M, stride_xm, BLOCK_N, BLOCK_K // 2, KB, BLOCK_K,
                                                   BLOCK_M, CP_W, CP_S, CP_X)
+        kt0 = pid_k * (k_per_split // BLOCK_K)
+        if SUB:  # tiled weight (`mxmix.runtime.tiles`): bases at the row block's first tile, rows within tiles
+            w_blk = w_ptr + n0.to(gl.int64) * KP
+            s_blk = s_ptr + n0.to(gl.int64) * KS
+            w_offs, s_offs = _tiled_offsets(last_row, KP, KS, BLOCK_N, BLOCK_K, SUB, CP_W, CP_S)
         sm_w = gl.allocate_shared_memory(gl.int16, [STAGES, BLOCK_N, BLOCK_K // 2], SH_W)
         sm_s = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, KB], SH_S)
         sm_x = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_M, BLOCK_K], SH_X)
         for p in gl.static_range(STAGES - 1):
             gd._issue_tile(sm_w.index(p), sm_s.index(p), sm_x.index(p), w_blk, s_blk, x_blk, w_offs, s_offs, x_offs,
-                           p, steps, BLOCK_K // 2, BLOCK_K)
+                           p, steps, BLOCK_K // 2, BLOCK_K, SUB, kt0)
             async_copy.commit_group()
         S_L: gl.constexpr = gl.SliceLayout(2, L3)
         acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=MMA)
@@ -79,7 +87,7 @@ mov.b32 {$0, $1}, lo;
             t = i + STAGES - 1
             nxt = t % STAGES
             gd._issue_tile(sm_w.index(nxt), sm_s.index(nxt), sm_x.index(nxt), w_blk, s_blk, x_blk, w_offs, s_offs,
-                           x_offs, t, steps, BLOCK_K // 2, BLOCK_K)
+                           x_offs, t, steps, BLOCK_K // 2, BLOCK_K, SUB, kt0)
             async_copy.commit_group()
             cur = i % STAGES
             w = sm_w.index(cur).load(W_P)
@@ -95,6 +103,24 @@ mov.b32 {$0, $1}, lo;
         async_copy.wait_group(0)
         gd._store_tile(acc, b_ptr, out_ptr, ws_ptr, cnt_ptr, n0, pid_n, pid_k, M, N, stride_om, split,
                        HAS_BIAS, SPLIT, BLOCK_N, BLOCK_M, MMA)
+
+
+if AVAILABLE:
+    @gluon.jit
+    def _tiled_offsets(last_row, KP, KS, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SUB: gl.constexpr,
+                       CP_W: gl.constexpr, CP_S: gl.constexpr):
+        """Offsets of a K step's weight pairs and scale bytes from the row block's first tile, in the tiled
+        layout (64-row tiles of SUB steps; rows past N re-read the last one, as row-major)."""
+        TILE_N: gl.constexpr = gd._TILE_N
+        r_w = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, CP_W)), last_row)
+        w_rows = (r_w // TILE_N) * (TILE_N * KP) + (r_w % TILE_N) * (BLOCK_K // 2 * SUB)
+        w_offs = gl.expand_dims(w_rows, 1) + gl.expand_dims(gl.arange(0, BLOCK_K // 2,
+                                                                      layout=gl.SliceLayout(0, CP_W)), 0)
+        r_s = gl.minimum(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, CP_S)), last_row)
+        s_rows = (r_s // TILE_N) * (TILE_N * KS) + (r_s % TILE_N) * (BLOCK_K // 32 * SUB)
+        s_offs = (gl.expand_dims(gl.multiple_of(s_rows, 4), 1)
+                  + gl.expand_dims(gl.arange(0, BLOCK_K // 32, layout=gl.SliceLayout(0, CP_S)), 0))
+        return w_offs, s_offs
 
 
 def _pair_basis(bit: int, three_d: bool) -> list[int]:
@@ -160,6 +186,13 @@ def supports(m: int, k: int, block_k: int, device: torch.device | None = None) -
     return _is_hopper(device.index if device is not None and device.index is not None else torch.cuda.current_device())
 
 
+def supports_tiled(block_n: int, block_k: int, k_per_split: int) -> bool:
+    """Launch configurations that can read the tiled layout: K steps that divide a tile, row tiles of
+    whole tiles, and K splits that start on a step."""
+    return (block_k <= tiles.TILE_K and tiles.TILE_K % block_k == 0 and block_n % tiles.TILE_N == 0
+            and k_per_split % block_k == 0)
+
+
 @functools.cache
 def _is_hopper(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] == 9
@@ -179,23 +212,25 @@ def block_m_for(m: int) -> int:
 
 
 def kernel_meta(m: int, *, block_n: int, block_k: int, split: int, num_warps: int, stages: int,
-                has_bias: bool) -> dict:
-    """The kernel's compile-time arguments for M rows (also used to compile it without a GPU, for SASS)."""
+                has_bias: bool, tiled: bool = False) -> dict:
+    """The kernel's compile-time arguments for M rows (also used to compile it without a GPU, for SASS);
+    ``tiled``: the weight and scales are in the tiled layout (`mxmix.runtime.tiles`)."""
     block_m = block_m_for(m)
     mma, a_l, w_p, l3 = layouts(block_n, block_k, block_m, num_warps)
     cp_w, cp_s, cp_x, sh_w, sh_s, sh_x = copy_layouts(block_n, block_k, block_m, num_warps)
     return dict(HAS_BIAS=has_bias, SPLIT=split > 1, STAGES=stages, BLOCK_N=block_n, BLOCK_K=block_k,
                 BLOCK_M=block_m, MMA=mma, A_L=a_l, W_P=w_p, L3=l3, CP_W=cp_w, CP_S=cp_s, CP_X=cp_x,
-                SH_W=sh_w, SH_S=sh_s, SH_X=sh_x)
+                SH_W=sh_w, SH_S=sh_s, SH_X=sh_x, SUB=tiles.TILE_K // block_k if tiled else 0)
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
            out: torch.Tensor, ws: torch.Tensor, cnt: torch.Tensor, *, block_n: int, block_k: int, split: int,
-           k_per_split: int, num_warps: int = 4, stages: int = 3) -> None:
-    """Launch over (N tiles, split); the caller (`triton_decode.mxfp8_decode_matmul`) owns the buffers."""
+           k_per_split: int, num_warps: int = 4, stages: int = 3, tiled: bool = False) -> None:
+    """Launch over (N tiles, split); the caller (`triton_decode.mxfp8_decode_matmul`) owns the buffers.
+    ``tiled``: weight and scale are in the tiled layout (`mxmix.runtime.tiles`; `supports_tiled`)."""
     m, k = x.shape
     meta = kernel_meta(m, block_n=block_n, block_k=block_k, split=split, num_warps=num_warps, stages=stages,
-                       has_bias=bias is not None)
+                       has_bias=bias is not None, tiled=tiled)
     _wgmma_kernel[(triton.cdiv(weight.shape[0], block_n), split)](
         x, weight.view(torch.int16), scale, out if bias is None else bias, out, ws, cnt,
         m, weight.shape[0], k, k // 32, x.stride(0), out.stride(0), k_per_split, k_per_split // 32, split,

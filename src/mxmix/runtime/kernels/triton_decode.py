@@ -343,7 +343,7 @@ def swab_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
     return DecodeConfig("swabcp", 64, block_k, split, 4, 3, "fold")
 
 
-def wgmma_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
+def wgmma_config(m: int, n: int, k: int, sm_count: int = 132, tiled: bool = False) -> DecodeConfig:
     """Launch policy of the wgmma kernel, fitted to the H200 sweeps of 2026-11-28 (`bench_kernels.py
     --sweep-wgmma`: 25 variants per shape at M <= 64, 12 at M >= 128; BENCHMARKS.md).
 
@@ -353,11 +353,15 @@ def wgmma_config(m: int, n: int, k: int, sm_count: int = 132) -> DecodeConfig:
     * The K split (a power of two) fills up to about 4 programs per SM at M <= 16 (each split >= 512 of K
       at M <= 8, >= 1024 at M = 9..16), 2 per SM up to M = 128 and 1 above (>= 1024 and 2048 of K): at
       larger M each split re-reads the x tile and adds more partial sums.
+    * ``tiled`` (the weight in `mxmix.runtime.tiles`' layout): whole-tile K steps of 256 and a ring of 2 up to
+      M = 16 as well (H200 sweep, round 6: 9.8 vs 10.1, 22.8 vs 22.9, 60.4 vs 65.6 and 61.9 vs 65.6 us at
+      M = 16 on the four issue shapes; on row-major weights these steps were slower).
     """
     wide = m > 128
+    whole_tiles = tiled and m <= 16
     block_n = 128 if wide else 64
-    block_k = 256 if (m <= 8 or 16 < m <= 32) and k % 256 == 0 else 128
-    stages = 2 if m <= 8 or m >= 128 else 3
+    block_k = 256 if (m <= 8 or 16 < m <= 32 or whole_tiles) and k % 256 == 0 else 128
+    stages = 2 if m <= 8 or m >= 128 or whole_tiles else 3
     tiles = triton.cdiv(n, block_n)
     target = (4 if m <= 16 else 1 if wide else 2) * sm_count
     min_k = 512 if m <= 8 else 2048 if wide else 1024
@@ -475,6 +479,46 @@ def tuned_decode_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     return cfg
 
 
+def _tiled_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                         config: DecodeConfig | None, out: torch.Tensor | None) -> torch.Tensor:
+    from mxmix.runtime import tiles
+    from mxmix.runtime.kernels import gluon_decode, gluon_wgmma
+
+    m, k = x.shape
+    n = weight.shape[0]
+    cfg = config or wgmma_config(m, n, k, _sm_count(x.device), tiled=True)
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    if (WGMMA and SWAB and cfg.kind == "wgmma" and tiles.can_tile(n, k) and wgmma_runs(x, weight, scale, cfg.block_k)
+            and gluon_wgmma.supports_tiled(cfg.block_n, cfg.block_k, k_per_split)):
+        split = triton.cdiv(k, k_per_split)
+        if split > 1 and triton.cdiv(n, cfg.block_n) > MAX_TILES:
+            split, k_per_split = 1, k
+        if out is None:
+            out = torch.empty((m, n), device=x.device, dtype=x.dtype)
+        ws, cnt = _split_buffers(x, out, split)
+        try:
+            gluon_wgmma.launch(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n, block_k=cfg.block_k,
+                               split=split, k_per_split=k_per_split, num_warps=cfg.num_warps,
+                               stages=cfg.num_stages, tiled=True)
+            return out
+        except Exception as exc:
+            if config is not None:
+                raise
+            gluon_decode.disable(exc)
+    w, s = tiles.untile(weight, scale)
+    return mxfp8_decode_matmul(x, w, s, bias, config, out)
+
+
+def _split_buffers(x: torch.Tensor, out: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-K workspace (fp32 partial sums) and tile counters; ``out`` twice when there is no split."""
+    if split == 1:
+        return out, out
+    m, n = out.shape
+    ws = (torch.full((split, m, n), float("nan"), device=x.device, dtype=torch.float32) if POISON_WORKSPACE
+          else torch.empty((split, m, n), device=x.device, dtype=torch.float32))
+    return ws, _tile_counters(x.device)
+
+
 # Tests set this to fill split-K workspaces with NaN, so a partial sum that is never written shows up.
 POISON_WORKSPACE = False
 MAX_TILES = 1 << 16
@@ -524,12 +568,22 @@ def wgmma_runs(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, block
 
 def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                         bias: torch.Tensor | None = None, config: DecodeConfig | None = None,
-                        out: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] (bf16/fp16, rows contiguous) @ dequant(weight [N, K] e4m3, scale [N, K/32] uint8)^T -> [M, N]."""
+                        out: torch.Tensor | None = None, tiled: bool = False) -> torch.Tensor:
+    """x [M, K] (bf16/fp16, rows contiguous) @ dequant(weight [N, K] e4m3, scale [N, K/32] uint8)^T -> [M, N].
+
+    ``tiled``: weight and scale are in the tiled layout (`mxmix.runtime.tiles`), which only the ``wgmma``
+    kernel reads; any other case (another GPU, fp16 activations, scales outside the fold range, a Gluon
+    failure) runs on a row-major copy made for the call: correct, but an extra pass over the weight.
+    """
     m, k = x.shape
     n = weight.shape[0]
+    if weight.shape[1] != k or tuple(scale.shape) != (n, k // 32):
+        raise ValueError(f"mxfp8_decode_matmul: x {tuple(x.shape)}, weight {tuple(weight.shape)} and scale "
+                         f"{tuple(scale.shape)} do not match")
     if x.stride(1) != 1:
         x = x.contiguous()
+    if tiled:
+        return _tiled_decode_matmul(x, weight, scale, bias, config, out)
     cfg = config or tuned_decode_config(x, weight, scale)
     runs = wgmma_runs if cfg.kind == "wgmma" else swab_runs
     if cfg.kind in GLUON_KINDS and not runs(x, weight, scale, cfg.block_k):
@@ -545,13 +599,7 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     even_k = k % cfg.block_k == 0 and k_per_split * split == k
     if out is None:
         out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    if split == 1:
-        ws, cnt = out, out
-    else:
-        fill = torch.full if POISON_WORKSPACE else None
-        ws = (fill((split, m, n), float("nan"), device=x.device, dtype=torch.float32) if fill
-              else torch.empty((split, m, n), device=x.device, dtype=torch.float32))
-        cnt = _tile_counters(x.device)
+    ws, cnt = _split_buffers(x, out, split)
     if cfg.convert not in _KIND_CONVERTS.get(cfg.kind, ()):
         raise ValueError(f"decode kernel {cfg.kind!r} has no conversion {cfg.convert!r}")
     if cfg.kind == "swab" and cfg.num_stages > 2:

@@ -23,19 +23,24 @@ import triton
 import triton.language as tl
 
 from mxmix.mx.triton_codec import e8m0_to_f32
+from mxmix.runtime import tiles
 
 
-def dequantize_to(weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, **launch) -> torch.Tensor:
-    """Exact MXFP8 -> ``out.dtype`` dequantization on the GPU into a caller-provided [N, K] buffer
-    (the codec's kernel, `mxmix.mx.triton_codec.dequantize`; ``launch``: its tile_elements/num_warps)."""
+def dequantize_to(weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, tiled: bool = False,
+                  **launch) -> torch.Tensor:
+    """Exact MXFP8 -> ``out.dtype`` dequantization on the GPU into a caller-provided row-major [N, K] buffer
+    (the codec's kernel, `mxmix.mx.triton_codec.dequantize`; ``launch``: its tile_elements/num_warps;
+    ``tiled``: the input is in the tiled layout of `mxmix.runtime.tiles`)."""
     from mxmix.mx.triton_codec import dequantize
 
-    return dequantize(weight, scale, out.dtype, out=out, **launch)
+    return dequantize(weight, scale, out.dtype, out=out, tiles=(tiles.TILE_N, tiles.TILE_K) if tiled else None,
+                      **launch)
 
 
-def dequantize_cuda(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def dequantize_cuda(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
+                    tiled: bool = False) -> torch.Tensor:
     out = torch.empty(weight.shape, device=weight.device, dtype=dtype)
-    return dequantize_to(weight, scale, out)
+    return dequantize_to(weight, scale, out, tiled)
 
 
 @triton.jit
@@ -131,9 +136,10 @@ def mxfp8_prefill_fused(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 
 
 def mxfp8_prefill_cublas(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                         bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Dequantize into a transient BF16 workspace, then cuBLAS (torch.nn.functional.linear)."""
-    w = dequantize_cuda(weight, scale, x.dtype)
+                         bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                         tiled: bool = False) -> torch.Tensor:
+    """Dequantize into a transient row-major BF16 workspace (from either layout), then cuBLAS."""
+    w = dequantize_cuda(weight, scale, x.dtype, tiled)
     if out is None:
         return torch.nn.functional.linear(x, w, bias)
     if bias is None:
