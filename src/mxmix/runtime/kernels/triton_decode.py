@@ -355,15 +355,19 @@ def wgmma_config(m: int, n: int, k: int, sm_count: int = 132, tiled: bool = Fals
       larger M each split re-reads the x tile and adds more partial sums.
     * ``tiled`` (the weight in `mxmix.runtime.tiles`' layout): whole-tile K steps of 256 and a ring of 2 up to
       M = 16 as well (H200 sweep, round 6: 9.8 vs 10.1, 22.8 vs 22.9, 60.4 vs 65.6 and 61.9 vs 65.6 us at
-      M = 16 on the four issue shapes; on row-major weights these steps were slower).
+      M = 16 on the four issue shapes; on row-major weights these steps were slower), and for 32 < M <= 64 a
+      ring of 2 with splits up to 4 programs per SM (round 6 sweep at M = 48 and 64: the best configuration
+      on 8192^2, 28672x8192 and 8192x28672; 4096^2 prefers fewer splits and deeper rings).
+    * From M = 65 on, a ring of 2 in either layout: 128-token x tiles in a ring of 3 leave one program per SM
+      (round 6, M = 96 row-major: 254.0 us on 28672x8192 against 154.1 us at M = 128).
     """
     wide = m > 128
     whole_tiles = tiled and m <= 16
     block_n = 128 if wide else 64
     block_k = 256 if (m <= 8 or 16 < m <= 32 or whole_tiles) and k % 256 == 0 else 128
-    stages = 2 if m <= 8 or m >= 128 or whole_tiles else 3
+    stages = 2 if m <= 8 or m > 64 or whole_tiles or (tiled and m > 32) else 3
     tiles = triton.cdiv(n, block_n)
-    target = (4 if m <= 16 else 1 if wide else 2) * sm_count
+    target = (4 if m <= 16 or (tiled and 32 < m <= 64) else 1 if wide else 2) * sm_count
     min_k = 512 if m <= 8 else 2048 if wide else 1024
     split = 1
     while split < 16 and tiles * split * 2 <= target and k // (split * 2) >= max(min_k, block_k):
