@@ -124,3 +124,18 @@ def test_only_where_it_pays_leaves_cpu_modules_row_major() -> None:
     assert tile_weights(model) == 0
     assert not any(m.tiled for m in model.modules() if isinstance(m, MXFP8Linear))
 
+
+
+def test_fused_inference_tensors_change_layout_in_place() -> None:
+    x = torch.randn(2, 256).to(torch.bfloat16)
+    plain = _Attention(13)
+    want = plain.k_proj(x)
+    with torch.inference_mode():  # buffers made here are inference tensors (no in-place edits outside it)
+        model = _Attention(13)
+        fuse_sibling_linears(model)
+    assert model.k_proj.weight.is_inference()
+    assert model.q_proj.tile_weight() and model.v_proj.tiled
+    with torch.inference_mode():
+        assert torch.equal(model.k_proj(x), want)
+    model.v_proj.untile_weight()
+    assert torch.equal(model.k_proj.weight.view(torch.uint8), plain.k_proj.weight.view(torch.uint8))

@@ -131,9 +131,7 @@ class MXFP8Linear(nn.Module):
             if sibling is None:  # new buffers: the tensors may be the caller's (`from_quantized` does not copy)
                 m.weight, m.weight_scale = w, s
             else:  # in place: the members' buffers are views of the group's
-                with torch.inference_mode(m.weight.is_inference()):
-                    m.weight.copy_(w)
-                    m.weight_scale.copy_(s)
+                m._overwrite(w, s)
             m.tiled = tiled
             m._dequantized = None
         if sibling is not None:
@@ -154,9 +152,13 @@ class MXFP8Linear(nn.Module):
         loaded = prefix + "weight" in state_dict and prefix + "weight_scale" in state_dict
         if self.tiled and loaded and len(error_msgs) == errors:
             # the loaded row-major bytes are re-tiled in place (views shared with fused siblings stay valid)
-            w, s = tiles.tile(self.weight, self.weight_scale)
-            self.weight.copy_(w)
-            self.weight_scale.copy_(s)
+            self._overwrite(*tiles.tile(self.weight, self.weight_scale))
+
+    def _overwrite(self, weight: torch.Tensor, scale: torch.Tensor) -> None:
+        """Copy into the existing buffers (inference tensors included), keeping every view of them."""
+        with torch.no_grad(), torch.inference_mode(self.weight.is_inference()):
+            self.weight.copy_(weight)
+            self.weight_scale.copy_(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
