@@ -186,11 +186,10 @@ def supports(m: int, k: int, block_k: int, device: torch.device | None = None) -
     return _is_hopper(device.index if device is not None and device.index is not None else torch.cuda.current_device())
 
 
-def supports_tiled(block_n: int, block_k: int, k_per_split: int) -> bool:
+def supports_tiled(block_n: int, block_k: int) -> bool:
     """Launch configurations that can read the tiled layout: K steps that divide a tile, row tiles of
-    whole tiles, and K splits that start on a step."""
-    return (block_k <= tiles.TILE_K and tiles.TILE_K % block_k == 0 and block_n % tiles.TILE_N == 0
-            and k_per_split % block_k == 0)
+    whole tiles (K splits are whole steps by construction)."""
+    return block_k <= tiles.TILE_K and tiles.TILE_K % block_k == 0 and block_n % tiles.TILE_N == 0
 
 
 @functools.cache

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from mxmix.mx.triton_codec import e8m0_to_f32
+from mxmix.runtime import tiles as weight_tiles  # (module; "tiles" counts row tiles below)
 
 # 0x87F00000 as a signed constant: sign bit + the 7 magnitude bits of an E4M3 byte, moved into the
 # low exponent / high mantissa bits of an fp32 word
@@ -483,34 +484,12 @@ def tuned_decode_config(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     return cfg
 
 
-def _tiled_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                         config: DecodeConfig | None, out: torch.Tensor | None) -> torch.Tensor:
-    from mxmix.runtime import tiles
-    from mxmix.runtime.kernels import gluon_decode, gluon_wgmma
+def _reads_tiled(cfg: DecodeConfig, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether the ``wgmma`` kernel, the one reader of the tiled layout, serves this call with ``cfg``."""
+    from mxmix.runtime.kernels import gluon_wgmma
 
-    m, k = x.shape
-    n = weight.shape[0]
-    cfg = config or wgmma_config(m, n, k, _sm_count(x.device), tiled=True)
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    if (WGMMA and SWAB and cfg.kind == "wgmma" and tiles.can_tile(n, k) and wgmma_runs(x, weight, scale, cfg.block_k)
-            and gluon_wgmma.supports_tiled(cfg.block_n, cfg.block_k, k_per_split)):
-        split = triton.cdiv(k, k_per_split)
-        if split > 1 and triton.cdiv(n, cfg.block_n) > MAX_TILES:
-            split, k_per_split = 1, k
-        if out is None:
-            out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-        ws, cnt = _split_buffers(x, out, split)
-        try:
-            gluon_wgmma.launch(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n, block_k=cfg.block_k,
-                               split=split, k_per_split=k_per_split, num_warps=cfg.num_warps,
-                               stages=cfg.num_stages, tiled=True)
-            return out
-        except Exception as exc:
-            if config is not None:
-                raise
-            gluon_decode.disable(exc)
-    w, s = tiles.untile(weight, scale)
-    return mxfp8_decode_matmul(x, w, s, bias, config, out)
+    return (WGMMA and SWAB and cfg.kind == "wgmma" and weight_tiles.can_tile(*weight.shape)
+            and gluon_wgmma.supports_tiled(cfg.block_n, cfg.block_k) and wgmma_runs(x, weight, scale, cfg.block_k))
 
 
 def _split_buffers(x: torch.Tensor, out: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -587,18 +566,21 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     if x.stride(1) != 1:
         x = x.contiguous()
     if tiled:
-        return _tiled_decode_matmul(x, weight, scale, bias, config, out)
-    cfg = config or tuned_decode_config(x, weight, scale)
-    runs = wgmma_runs if cfg.kind == "wgmma" else swab_runs
-    if cfg.kind in GLUON_KINDS and not runs(x, weight, scale, cfg.block_k):
-        cfg = default_decode_config(m, n, k, _sm_count(x.device), swab=False)
+        cfg = config or wgmma_config(m, n, k, _sm_count(x.device), tiled=True)
+        if not _reads_tiled(cfg, x, weight, scale):
+            return mxfp8_decode_matmul(x, *weight_tiles.untile(weight, scale), bias, config, out)
+    else:
+        cfg = config or tuned_decode_config(x, weight, scale)
+        runs = wgmma_runs if cfg.kind == "wgmma" else swab_runs
+        if cfg.kind in GLUON_KINDS and not runs(x, weight, scale, cfg.block_k):
+            cfg = default_decode_config(m, n, k, _sm_count(x.device), swab=False)
     if cfg.kind == "mma" and cfg.convert == "fold" and x.dtype != torch.bfloat16:
         cfg = replace(cfg, convert="prmt")  # a folded weight is exact in bf16, not in fp16
     block_m = max(16, triton.next_power_of_2(m)) if cfg.kind == "mma" else triton.next_power_of_2(m)
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = triton.cdiv(k, k_per_split)
-    tiles = triton.cdiv(n, cfg.block_n)
-    if split > 1 and tiles > MAX_TILES:
+    row_tiles = triton.cdiv(n, cfg.block_n)
+    if split > 1 and row_tiles > MAX_TILES:
         split, k_per_split = 1, triton.cdiv(k, cfg.block_k) * cfg.block_k
     even_k = k % cfg.block_k == 0 and k_per_split * split == k
     if out is None:
@@ -616,7 +598,7 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
             if cfg.kind == "wgmma":
                 gluon_wgmma.launch(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n, block_k=cfg.block_k,
                                    split=split, k_per_split=k_per_split, num_warps=cfg.num_warps,
-                                   stages=cfg.num_stages)
+                                   stages=cfg.num_stages, tiled=tiled)
             else:
                 gluon_decode.launch_swab(x, weight, scale, bias, out, ws, cnt, block_n=cfg.block_n,
                                          block_k=cfg.block_k, split=split, k_per_split=k_per_split,
@@ -627,11 +609,13 @@ def mxfp8_decode_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
                 raise
             # Gluon is experimental: a Triton whose Gluon differs from 3.6's must not break inference
             gluon_decode.disable(exc)
+            if tiled:
+                weight, scale = weight_tiles.untile(weight, scale)
             return mxfp8_decode_matmul(x, weight, scale, bias, out=out)
         return out
     kernel = _decode_fma_kernel if cfg.kind == "fma" else _decode_mma_kernel
     has_bias = bias is not None
-    kernel[(tiles, split)](x, weight, scale, bias if has_bias else out, out, ws, cnt,
+    kernel[(row_tiles, split)](x, weight, scale, bias if has_bias else out, out, ws, cnt,
                            m, n, k, x.stride(0), out.stride(0), k_per_split, split,
                            HAS_BIAS=has_bias, SPLIT=split > 1, EVEN_K=even_k,
                            BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
